@@ -1,0 +1,197 @@
+"""The ``qwen-lsp`` command: serve, complete, check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from qwen_lsp import __version__
+
+EXIT_OK, EXIT_NONE, EXIT_ERROR = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qwen-lsp",
+        description="Qwen-Coder code completion as a language server.",
+    )
+    p.add_argument("--version", action="version", version=f"qwen-lsp {__version__}")
+    sub = p.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="run the language server (default: stdio)")
+    serve.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout")
+    serve.add_argument("--tcp", action="store_true", help="listen on TCP instead of stdio")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=2087)
+    comp = sub.add_parser("complete", help="print a completion for PATH:LINE:COL (1-based)")
+    comp.add_argument("location", help="PATH:LINE:COL, 1-based line and column")
+    comp.add_argument("--language", default=None, help="language id (default: from extension)")
+    sub.add_parser("check", help="show the resolved settings and make one small request")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command in (None, "serve"):
+        return _serve(getattr(args, "tcp", False), getattr(args, "host", "127.0.0.1"),
+                      getattr(args, "port", 2087))
+    if args.command == "complete":
+        return asyncio.run(_complete(args.location, args.language))
+    if args.command == "check":
+        return asyncio.run(_check())
+    return EXIT_ERROR
+
+
+def _serve(tcp: bool, host: str, port: int) -> int:
+    from qwen_lsp.server import create_server
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="qwen-lsp %(levelname)s %(message)s")
+    server = create_server()
+    if tcp:
+        server.start_tcp(host, port)
+    else:
+        server.start_io()
+    return 0
+
+
+_LANGUAGES = {
+    ".py": "python", ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript",
+    ".ts": "typescript", ".tsx": "typescriptreact", ".jsx": "javascriptreact", ".go": "go",
+    ".rs": "rust", ".java": "java", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp",
+    ".hpp": "cpp", ".rb": "ruby", ".sh": "shellscript", ".lua": "lua", ".kt": "kotlin",
+    ".cs": "csharp", ".php": "php", ".swift": "swift", ".el": "emacs-lisp",
+}
+
+
+def language_for(path: Path) -> str:
+    return _LANGUAGES.get(path.suffix.lower(), path.suffix.lstrip(".").lower())
+
+
+def _parse_location(location: str) -> tuple[Path, int, int]:
+    try:
+        path_s, line_s, col_s = location.rsplit(":", 2)
+        line, col = int(line_s), int(col_s)
+    except ValueError:
+        raise ValueError(f"expected PATH:LINE:COL with 1-based numbers, got {location!r}") from None
+    if line < 1 or col < 1:
+        raise ValueError("LINE and COL are 1-based and must be >= 1")
+    return Path(path_s), line, col
+
+
+def _progress_line(message: str, fraction: float | None) -> None:
+    pct = "" if fraction is None else f" {int(fraction * 100):3d}%"
+    print(f"qwen-lsp:{pct} {message}", file=sys.stderr, flush=True)
+
+
+async def _complete(location: str, language: str | None) -> int:
+    from qwen_lsp.backend import Backend
+    from qwen_lsp.context import build_context
+    from qwen_lsp.documents import UTF32, Document
+    from qwen_lsp.engine import Engine, EngineConfig
+    from qwen_lsp.exclude import is_excluded
+    from qwen_lsp.providers.base import UpstreamError
+    from qwen_lsp.settings import NO_BACKEND_MESSAGE, load_settings
+
+    try:
+        path, line, col = _parse_location(location)
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    except (ValueError, OSError) as exc:
+        print(f"qwen-lsp: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    settings, problems = load_settings(env=os.environ)
+    for p in problems:
+        print(f"qwen-lsp: settings: {p}", file=sys.stderr)
+    if settings.provider is None:
+        print(f"qwen-lsp: {NO_BACKEND_MESSAGE}", file=sys.stderr)
+        return EXIT_ERROR
+    if is_excluded(path, settings.exclude, root=Path.cwd(),
+                   respect_gitignore=settings.respect_gitignore):
+        print(f"qwen-lsp: {path} matches an exclude pattern; nothing is sent", file=sys.stderr)
+        return EXIT_ERROR
+    doc = Document(uri=path.resolve().as_uri(), text=text)
+    if line > doc.line_count:
+        print(f"qwen-lsp: {path} has only {doc.line_count} lines", file=sys.stderr)
+        return EXIT_ERROR
+    offset = doc.offset_at(line - 1, col - 1, UTF32, strict=True)
+    ctx = build_context(
+        text, offset, uri=doc.uri, path=path.name, language=language or language_for(path),
+        version=0, context_tokens=settings.context_tokens,
+        multiline_setting=settings.multiline, manual=True,
+    )
+    errors: list[UpstreamError] = []
+    backend = Backend(settings, progress=_progress_line)
+    engine = Engine(
+        EngineConfig(mode=settings.effective_mode(), max_tokens=settings.max_tokens,
+                     temperature=settings.temperature, stop=tuple(settings.stop),
+                     timeout_ms=max(settings.timeout_ms, 60000 if settings.provider == "local"
+                                    else settings.timeout_ms),
+                     extra_body=backend.extra_body()),
+        backend.provider,
+        on_error=errors.append,
+    )
+    try:
+        suggestion = await engine.complete(ctx)
+    finally:
+        await engine.aclose()
+        await backend.aclose()
+    if errors:
+        print(f"qwen-lsp: {errors[0].message}", file=sys.stderr)
+        return EXIT_ERROR
+    if suggestion is None:
+        return EXIT_NONE
+    sys.stdout.write(suggestion.text + ("" if suggestion.text.endswith("\n") else "\n"))
+    return EXIT_OK
+
+
+async def _check() -> int:
+    from qwen_lsp.backend import Backend
+    from qwen_lsp.prompts import stop_sequences
+    from qwen_lsp.providers.base import TextDelta, UpstreamError, UpstreamRequest
+    from qwen_lsp.settings import NO_BACKEND_MESSAGE, load_settings
+
+    settings, problems = load_settings(env=os.environ)
+    print(json.dumps(settings.redacted_dict(), indent=2, sort_keys=True))
+    print(f"effective mode: {settings.effective_mode()}")
+    print(f"base URL: {settings.resolved_base_url() or '(local engine)'}")
+    for p in problems:
+        print(f"problem: {p}")
+    if settings.provider is None:
+        print(f"error: {NO_BACKEND_MESSAGE}", file=sys.stderr)
+        return EXIT_ERROR
+    backend = Backend(settings, progress=_progress_line)
+    mode = settings.effective_mode()
+    if mode == "fim":
+        req = UpstreamRequest(prompt="<|fim_prefix|>def add(a, b):\n    return <|fim_suffix|>\n"
+                              "<|fim_middle|>", max_tokens=8, temperature=0.0,
+                              stop=stop_sequences("fim"), extra=backend.extra_body())
+    else:
+        req = UpstreamRequest(messages=[
+            {"role": "user", "content": "Complete the Python function."},
+            {"role": "assistant", "content": "def add(a, b):\n    return", "partial": True},
+        ], max_tokens=8, temperature=0.0)
+    t0 = time.monotonic()
+    text = ""
+    try:
+        provider = await backend.provider()
+        if backend.local_engine is not None:
+            print(f"local engine: {json.dumps(backend.describe())}")
+        stream = provider.stream(req)
+        try:
+            async for ev in stream:
+                if isinstance(ev, TextDelta):
+                    text += ev.text
+        finally:
+            await stream.aclose()
+    except UpstreamError as exc:
+        print(f"error ({exc.kind}): {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        await backend.aclose()
+    print(f"ok: {settings.provider} answered in {time.monotonic() - t0:.2f}s: {text.strip()!r}")
+    return EXIT_OK

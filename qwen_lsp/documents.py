@@ -1,0 +1,180 @@
+"""The server's copy of each open document, kept exactly equal to the client's.
+
+pygls' own TextDocument splits lines with ``str.splitlines`` (which also breaks
+on ``\\x0b``, ``\\x0c``, ``\\u2028`` …, unlike LSP), rescans the whole text for
+every position and silently clamps out-of-range edits. Completion needs exact
+offsets on every keystroke, so documents live here instead: the text as one
+``str``, LSP line starts (``\\n``, ``\\r\\n``, ``\\r`` only) computed once per
+version, and position conversion in the negotiated encoding.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from dataclasses import dataclass, field
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+UTF8 = "utf-8"
+UTF16 = "utf-16"
+UTF32 = "utf-32"
+
+
+class PositionError(ValueError):
+    """A position or range that does not exist in the document."""
+
+
+def _units(ch: str, encoding: str) -> int:
+    cp = ord(ch)
+    if encoding == UTF16:
+        return 2 if cp > 0xFFFF else 1
+    if encoding == UTF8:
+        if cp < 0x80:
+            return 1
+        if cp < 0x800:
+            return 2
+        if cp < 0x10000:
+            return 3  # includes lone surrogates (encoded as 3 bytes, surrogatepass)
+        return 4
+    return 1
+
+
+def units_len(text: str, encoding: str) -> int:
+    """Length of ``text`` in code units of ``encoding``."""
+    if encoding == UTF32:
+        return len(text)
+    if text.isascii():
+        return len(text)
+    if encoding == UTF16:
+        return len(text) + sum(1 for c in text if ord(c) > 0xFFFF)
+    return sum(_units(c, encoding) for c in text)
+
+
+def column_to_units(line: str, column: int, encoding: str) -> int:
+    """Code-point column -> client units."""
+    return units_len(line[:column], encoding)
+
+
+def units_to_column(line: str, units: int, encoding: str) -> int:
+    """Client units -> code-point column, clamped to the line end.
+
+    A position inside a multi-unit character is rounded down to its start.
+    """
+    if encoding == UTF32 or line.isascii():
+        return min(units, len(line))
+    acc = 0
+    for i, ch in enumerate(line):
+        step = _units(ch, encoding)
+        if acc + step > units:
+            return i
+        acc += step
+    return len(line)
+
+
+@dataclass(slots=True)
+class Document:
+    uri: str
+    text: str
+    version: int = 0
+    language_id: str = ""
+    _starts: list[int] | None = field(default=None, repr=False)
+
+    # -- lines ---------------------------------------------------------------
+    @property
+    def line_starts(self) -> list[int]:
+        if self._starts is None:
+            self._starts = [0] + [m.end() for m in _LINE_BREAK.finditer(self.text)]
+        return self._starts
+
+    @property
+    def line_count(self) -> int:
+        return len(self.line_starts)
+
+    def line_text(self, line: int) -> str:
+        """The line's content without its terminator."""
+        starts = self.line_starts
+        start = starts[line]
+        end = starts[line + 1] if line + 1 < len(starts) else len(self.text)
+        raw = self.text[start:end]
+        if raw.endswith("\r\n"):
+            return raw[:-2]
+        if raw.endswith(("\n", "\r")):
+            return raw[:-1]
+        return raw
+
+    # -- positions -----------------------------------------------------------
+    def offset_at(self, line: int, character: int, encoding: str, *, strict: bool) -> int:
+        """Client position -> code-point offset into ``text``.
+
+        strict=True raises PositionError for a line past the end or a negative
+        value (completion requests); strict=False clamps like the LSP spec asks
+        for edits (character past line end -> line end; line past EOF -> EOF).
+        """
+        if line < 0 or character < 0:
+            raise PositionError(f"negative position {line}:{character}")
+        starts = self.line_starts
+        if line >= len(starts):
+            if strict:
+                raise PositionError(
+                    f"line {line} is past the end of the document ({len(starts)} lines)"
+                )
+            return len(self.text)
+        content = self.line_text(line)
+        return starts[line] + units_to_column(content, character, encoding)
+
+    def position_at(self, offset: int, encoding: str) -> tuple[int, int]:
+        """Code-point offset -> client (line, character)."""
+        starts = self.line_starts
+        offset = max(0, min(offset, len(self.text)))
+        line = bisect.bisect_right(starts, offset) - 1
+        col = offset - starts[line]
+        content = self.line_text(line)
+        col = min(col, len(content))
+        return line, column_to_units(content, col, encoding)
+
+    # -- edits ---------------------------------------------------------------
+    def apply_full(self, text: str, version: int | None) -> None:
+        self.text = text
+        self._starts = None
+        if version is not None:
+            self.version = version
+
+    def apply_incremental(
+        self,
+        start: tuple[int, int],
+        end: tuple[int, int],
+        new_text: str,
+        encoding: str,
+    ) -> None:
+        """Apply one ranged change. Raises PositionError for an inverted range."""
+        a = self.offset_at(start[0], start[1], encoding, strict=False)
+        b = self.offset_at(end[0], end[1], encoding, strict=False)
+        if b < a:
+            raise PositionError(f"range end {end} is before its start {start}")
+        self.text = self.text[:a] + new_text + self.text[b:]
+        self._starts = None
+
+
+class DocumentStore:
+    """All open documents by URI."""
+
+    def __init__(self) -> None:
+        self._docs: dict[str, Document] = {}
+
+    def open(self, uri: str, text: str, version: int, language_id: str) -> Document:
+        doc = Document(uri=uri, text=text, version=version, language_id=language_id)
+        self._docs[uri] = doc
+        return doc
+
+    def get(self, uri: str) -> Document | None:
+        return self._docs.get(uri)
+
+    def close(self, uri: str) -> None:
+        self._docs.pop(uri, None)
+
+    def __iter__(self):
+        return iter(list(self._docs.values()))
+
+    def __len__(self) -> int:
+        return len(self._docs)

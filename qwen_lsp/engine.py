@@ -1,0 +1,362 @@
+"""Scheduling of completion requests: the part that decides latency and cost.
+
+Per document there is at most one *flight*: a task that waits out the
+debounce, then streams one upstream completion, stops it early, and
+post-processes the text. Requests relate to the current flight like this:
+
+* the cache answers first (exact or typed-through), without debounce;
+* a request with the same context shares the flight (coalescing);
+* a request whose newly typed characters the flight has already streamed
+  attaches to it and gets the rest;
+* any other request supersedes it: the flight is cancelled, which closes the
+  HTTP stream so the upstream stops generating, and its waiters answer empty;
+* a waiter cancelled by ``$/cancelRequest`` releases the flight, and the last
+  waiter to leave cancels it.
+
+This module knows no LSP and no HTTP types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from qwen_lsp.cache import CompletionCache
+from qwen_lsp.context import CompletionContext, estimate_tokens
+from qwen_lsp.health import UpstreamHealth
+from qwen_lsp.postprocess import PostContext, Suggestion, postprocess, stream_should_stop
+from qwen_lsp.prompts import build_request
+from qwen_lsp.providers.base import Provider, TextDelta, UpstreamError, Usage
+from qwen_lsp.stats import Stats
+
+ProviderSource = Callable[[], Awaitable[Provider]]
+
+
+@dataclass
+class EngineConfig:
+    mode: str = "fim"  # effective mode: "fim" | "partial"
+    max_tokens: int = 128
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ()
+    timeout_ms: int = 10000
+    debounce_ms: int | None = None
+    debounce_min_ms: int = 30
+    debounce_max_ms: int = 600
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Timing:
+    """Server-side time spent on one request outside of any waiting."""
+
+    busy: float = 0.0
+
+    def add(self, since: float) -> float:
+        now = time.perf_counter()
+        self.busy += now - since
+        return now
+
+
+class _Flight:
+    def __init__(self, ctx: CompletionContext, post: PostContext) -> None:
+        self.ctx = ctx
+        self.post = post
+        self.text = ""
+        self.sent = False  # upstream request started (debounce over)
+        self.waiters = 0
+        self.task: asyncio.Task[Suggestion | None] | None = None
+
+    def release(self) -> None:
+        self.waiters -= 1
+        if self.waiters <= 0 and self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+@dataclass
+class _DocState:
+    seq: int = 0
+    last_request: float | None = None
+    gaps: deque[float] = field(default_factory=lambda: deque(maxlen=20))
+    flight: _Flight | None = None
+
+
+def post_context(ctx: CompletionContext) -> PostContext:
+    return PostContext(
+        prefix=ctx.prefix,
+        suffix=ctx.suffix,
+        language=ctx.language,
+        multiline=ctx.multiline,
+        indent_unit=ctx.indent_unit,
+    )
+
+
+class Engine:
+    def __init__(
+        self,
+        config: EngineConfig,
+        provider: ProviderSource,
+        *,
+        stats: Stats | None = None,
+        cache: CompletionCache | None = None,
+        health: UpstreamHealth | None = None,
+        on_error: Callable[[UpstreamError], None] | None = None,
+        on_success: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self._provider = provider
+        self.stats = stats or Stats()
+        self.cache = cache or CompletionCache()
+        self.health = health or UpstreamHealth(clock=clock)
+        self._on_error = on_error
+        self._on_success = on_success
+        self._clock = clock
+        self._docs: dict[str, _DocState] = {}
+        self._latencies: deque[float] = deque(maxlen=10)
+
+    # -- public ----------------------------------------------------------------
+    def forget(self, uri: str) -> None:
+        """The document was closed: cancel its flight and drop its state."""
+        state = self._docs.pop(uri, None)
+        if state and state.flight and state.flight.task and not state.flight.task.done():
+            state.flight.task.cancel()
+
+    async def aclose(self) -> None:
+        tasks = [
+            s.flight.task
+            for s in self._docs.values()
+            if s.flight and s.flight.task and not s.flight.task.done()
+        ]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._docs.clear()
+
+    async def complete(
+        self,
+        ctx: CompletionContext,
+        *,
+        is_current: Callable[[], bool] = lambda: True,
+        timing: Timing | None = None,
+    ) -> Suggestion | None:
+        """Answer one completion request (None = nothing to show)."""
+        timing = timing or Timing()
+        t = time.perf_counter()
+        started = self._clock()
+        self.stats.requests += 1
+        state = self._docs.setdefault(ctx.uri, _DocState())
+        if state.last_request is not None:
+            gap = started - state.last_request
+            if gap < 1.0:
+                state.gaps.append(gap)
+        state.last_request = started
+        state.seq += 1
+        seq = state.seq
+
+        hit = self.cache.get(ctx.prefix, ctx.suffix)
+        if hit is not None:
+            self.stats.cache_hits += 1
+            if hit.typed:
+                self.stats.typed_through_hits += 1
+            t = timing.add(t)
+            self.stats.record_answer(self._clock() - started, hit=True)
+            return hit.suggestion
+
+        if not ctx.manual and not self.health.allow():
+            self.stats.skipped_backoff += 1
+            timing.add(t)
+            return None
+
+        flight = state.flight
+        typed = ""
+        if flight is not None and flight.task is not None and not flight.task.done():
+            typed = self._attachable(flight, ctx)
+            if typed is None:
+                self.stats.superseded += 1
+                flight.task.cancel()
+                flight = None
+            elif typed:
+                self.stats.attached += 1
+            else:
+                self.stats.coalesced += 1
+        else:
+            flight = None
+        if flight is None:
+            flight = self._launch(state, ctx)
+            typed = ""
+
+        flight.waiters += 1
+        t = timing.add(t)
+        try:
+            assert flight.task is not None
+            result = await asyncio.shield(flight.task)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Our own request was cancelled ($/cancelRequest or shutdown).
+                self.stats.cancelled += 1
+                flight.release()
+                raise
+            return None  # the flight was superseded by a newer request
+        flight.waiters -= 1
+        t = time.perf_counter()
+        if result is None or seq != state.seq and not typed and flight.ctx is not ctx:
+            timing.add(t)
+            return None
+        if typed:
+            if not result.text.startswith(typed) or len(result.text) <= len(typed):
+                timing.add(t)
+                return None
+            result = Suggestion(result.text[len(typed):], result.replace_suffix_chars)
+        if not is_current():
+            self.stats.stale += 1
+            timing.add(t)
+            return None
+        timing.add(t)
+        self.stats.record_answer(self._clock() - started, hit=False)
+        return result
+
+    # -- internals ---------------------------------------------------------------
+    def _attachable(self, flight: _Flight, ctx: CompletionContext) -> str | None:
+        """Characters typed since the flight's context, if ``ctx`` may share it."""
+        old = flight.ctx
+        if ctx.suffix != old.suffix or ctx.multiline != old.multiline:
+            return None
+        if ctx.prefix == old.prefix:
+            return ""
+        if not flight.sent or not ctx.prefix.startswith(old.prefix):
+            return None
+        typed = ctx.prefix[len(old.prefix):]
+        if flight.text.startswith(typed) and len(flight.text) > len(typed):
+            return typed
+        return None
+
+    def debounce_delay(self, state: _DocState, ctx: CompletionContext) -> float:
+        cfg = self.config
+        if ctx.manual:
+            return 0.0
+        if cfg.debounce_ms is not None:
+            return cfg.debounce_ms / 1000.0
+        lo, hi = cfg.debounce_min_ms / 1000.0, cfg.debounce_max_ms / 1000.0
+        if not state.gaps:
+            return lo  # no typing burst seen: the user has paused
+        recent = sorted(list(state.gaps)[-8:])
+        typical = recent[len(recent) // 2]
+        last = ctx.prefix[-1:] if ctx.prefix else ""
+        # Mid-word the user is likely to keep typing; after punctuation, a
+        # space or at a blank line a suggestion is most useful.
+        factor = 1.6 if last.isalnum() or last == "_" else 1.2
+        latency = sum(self._latencies) / len(self._latencies) if self._latencies else 0.0
+        delay = typical * factor - 0.1 * latency
+        return max(lo, min(hi, delay))
+
+    def _launch(self, state: _DocState, ctx: CompletionContext) -> _Flight:
+        flight = _Flight(ctx, post_context(ctx))
+        delay = self.debounce_delay(state, ctx)
+        flight.task = asyncio.get_running_loop().create_task(self._fly(flight, delay))
+        state.flight = flight
+        return flight
+
+    async def _fly(self, flight: _Flight, delay: float) -> Suggestion | None:
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if not flight.ctx.manual and not self.health.allow():
+            self.stats.skipped_backoff += 1
+            return None
+        flight.sent = True
+        cfg = self.config
+        request = build_request(
+            flight.ctx,
+            mode=cfg.mode,
+            max_tokens=cfg.max_tokens,
+            temperature=cfg.temperature,
+            extra_stop=cfg.stop,
+            extra_body=cfg.extra_body,
+        )
+        self.stats.upstream_requests += 1
+        usage: Usage | None = None
+        sent_at = self._clock()
+        first_token: float | None = None
+        error: UpstreamError | None = None
+        stream = None
+        try:
+            provider = await self._provider()
+            stream = provider.stream(request)
+            async with asyncio.timeout(cfg.timeout_ms / 1000.0):
+                async for event in stream:
+                    if isinstance(event, TextDelta):
+                        if first_token is None:
+                            first_token = self._clock()
+                        flight.text += event.text
+                        if stream_should_stop(flight.text, flight.post):
+                            self.stats.early_stops += 1
+                            break
+                    elif isinstance(event, Usage):
+                        usage = event
+        except TimeoutError:
+            self.stats.timeboxed += 1
+            flight.text = _complete_lines(flight.text, flight.post.multiline)
+        except UpstreamError as exc:
+            error = exc
+        finally:
+            if stream is not None:
+                await _close(stream)
+            self._account(request, flight.text, usage)
+        if error is not None:
+            self.stats.record_error(error.kind)
+            self.health.failure(error)
+            if self._on_error:
+                self._on_error(error)
+            if error.kind != "protocol" or not flight.text:
+                return None
+        else:
+            self.health.success()
+            if self._on_success:
+                self._on_success()
+        elapsed = self._clock() - sent_at
+        self._latencies.append(elapsed)
+        self.stats.record_upstream(
+            elapsed, None if first_token is None else first_token - sent_at
+        )
+        t = time.perf_counter()
+        suggestion = postprocess(
+            flight.text, flight.post, echo_prefix=self.config.mode == "partial"
+        )
+        if suggestion is not None:
+            self.cache.put(flight.ctx.prefix, flight.ctx.suffix, suggestion)
+        self.stats.record_overhead_part(time.perf_counter() - t)
+        return suggestion
+
+    def _account(self, request: Any, text: str, usage: Usage | None) -> None:
+        if usage is not None:
+            self.stats.prompt_tokens += usage.prompt_tokens
+            self.stats.completion_tokens += usage.completion_tokens
+            self.stats.cached_tokens += usage.cached_tokens
+            return
+        # The stream was closed before the usage frame, or the server sends
+        # none: count with the calibrated estimate and say so in the stats.
+        prompt = request.prompt or "".join(m.get("content", "") for m in request.messages or [])
+        self.stats.prompt_tokens += estimate_tokens(prompt)
+        self.stats.completion_tokens += estimate_tokens(text)
+        self.stats.estimated_usage += 1
+
+
+def _complete_lines(text: str, multiline: bool) -> str:
+    """After a time box, keep only whole lines when there is at least one."""
+    if "\n" not in text.strip("\n"):
+        return text
+    return text[: text.rfind("\n")] if multiline else text
+
+
+async def _close(stream: Any) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is None:
+        return
+    with contextlib.suppress(Exception):  # closing must never mask the result
+        await aclose()

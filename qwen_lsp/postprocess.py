@@ -1,0 +1,880 @@
+"""Ordered, pure post-processing filters for code-completion model output.
+
+Every filter is a small function ``(text, ctx) -> text`` (the suffix-overlap
+filter returns a :class:`Suggestion`, because it also decides how many
+characters after the cursor the text replaces). :data:`PIPELINE` lists them in
+the order :func:`postprocess` runs them, so tests and benchmarks can run any
+subset through :func:`run_filters`.
+
+:func:`stream_should_stop` applies the same rules to a partial stream so the
+engine can close the HTTP response as soon as further output could not survive
+post-processing.
+
+Nothing here does I/O; the only state is a small memo of prefix/suffix scans.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+from functools import lru_cache
+
+from qwen_lsp.providers.base import QWEN_SPECIAL_TOKENS
+
+__all__ = [
+    "PIPELINE",
+    "PostContext",
+    "Suggestion",
+    "cut_repetition",
+    "cut_special_tokens",
+    "drop_empty",
+    "drop_suffix_copy",
+    "fit_leading_newline",
+    "limit_scope",
+    "merge_suffix_overlap",
+    "normalize_indentation",
+    "postprocess",
+    "run_filters",
+    "stream_should_stop",
+    "strip_prefix_echo",
+    "trim_single_line",
+    "trim_trailing_whitespace",
+]
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _leading_ws(line: str) -> str:
+    return line[: len(line) - len(line.lstrip(" \t"))]
+
+
+@dataclass(frozen=True, slots=True)
+class PostContext:
+    """The document around the cursor, as the filters need it."""
+
+    prefix: str  # document text before the cursor (may be a window)
+    suffix: str  # document text after the cursor (window)
+    language: str = ""  # LSP languageId, e.g. "python"
+    multiline: bool = True  # False: single-line mode
+    indent_unit: str = "    "  # "\t" or N spaces
+
+    @property
+    def line_prefix(self) -> str:
+        """Text of the cursor line before the cursor."""
+        return self.prefix[self.prefix.rfind("\n") + 1 :]
+
+    @property
+    def line_suffix(self) -> str:
+        """Text of the cursor line after the cursor."""
+        return self.suffix.split("\n", 1)[0].rstrip("\r")
+
+    @property
+    def following_lines(self) -> tuple[str, ...]:
+        """The suffix lines after the cursor line."""
+        return tuple(line.rstrip("\r") for line in self.suffix.split("\n")[1:])
+
+    @property
+    def cursor_indent(self) -> str:
+        """Leading whitespace of the cursor line."""
+        return _leading_ws(self.line_prefix + self.line_suffix)
+
+
+@dataclass(frozen=True, slots=True)
+class Suggestion:
+    text: str  # text to insert at the cursor
+    replace_suffix_chars: int = 0  # chars of line_suffix (right after the cursor) it replaces
+
+
+# --------------------------------------------------------------------------- helpers
+
+_OPENERS = {"(": ")", "[": "]", "{": "}"}
+_CLOSERS = {")": "(", "]": "[", "}": "{"}
+# Characters that may sit after the cursor and be "typed over" by a completion.
+_CLOSING_PUNCT = frozenset(")]}>\"'`;:,.")
+
+_HASH_COMMENTS = frozenset(
+    [
+        "python",
+        "ruby",
+        "shellscript",
+        "sh",
+        "bash",
+        "zsh",
+        "perl",
+        "r",
+        "yaml",
+        "toml",
+        "makefile",
+        "dockerfile",
+        "powershell",
+        "elixir",
+        "julia",
+        "nim",
+        "coffeescript",
+        "cmake",
+        "php",
+    ]
+)
+_SLASH_COMMENTS = frozenset(
+    [
+        "c",
+        "cpp",
+        "objective-c",
+        "objective-cpp",
+        "cuda-cpp",
+        "java",
+        "javascript",
+        "javascriptreact",
+        "typescript",
+        "typescriptreact",
+        "go",
+        "rust",
+        "csharp",
+        "kotlin",
+        "swift",
+        "scala",
+        "dart",
+        "php",
+        "zig",
+        "jsonc",
+        "json",
+        "groovy",
+        "proto",
+        "glsl",
+        "hlsl",
+        "solidity",
+    ]
+)
+_BACKTICK_LANGS = frozenset(
+    ["javascript", "javascriptreact", "typescript", "typescriptreact", "go"]
+)
+_TRIPLE_QUOTE_LANGS = frozenset(["python", "kotlin", "scala", "swift"])
+_MARKDOWN_LANGS = frozenset(["markdown", "mdx"])
+
+# Keywords that continue a statement at the level of its header (if/try/switch ...).
+_CONTINUATION = re.compile(
+    r"(else\b|elif\b|elsif\b|except\b|finally\b|catch\b|case\b|default\b|rescue\b|ensure\b"
+    r"|when\b|\}\s*(else|catch|finally|while)\b)"
+)
+
+_CONTINUATION_WORDS = (
+    "else",
+    "elif",
+    "elsif",
+    "except",
+    "finally",
+    "catch",
+    "case",
+    "default",
+    "rescue",
+    "ensure",
+    "when",
+)
+
+_FENCE_LINE = re.compile(r"(?m)^[ \t]*```")
+_LEADING_FENCE = re.compile(r"\s*```[\w+#.-]*[ \t]*\r?\n")
+
+
+@dataclass(frozen=True, slots=True)
+class _Syntax:
+    hash_comments: bool
+    slash_comments: bool
+    quotes: tuple[str, ...]  # longest first
+    rust_chars: bool  # "'" is a char literal only when it looks like one
+
+
+@lru_cache(maxsize=64)
+def _syntax(language: str) -> _Syntax:
+    lang = language.lower()
+    known = lang in _HASH_COMMENTS or lang in _SLASH_COMMENTS
+    quotes: list[str] = []
+    if lang in _TRIPLE_QUOTE_LANGS or not lang:
+        quotes += ['"""', "'''"]
+    quotes += ['"', "'"]
+    if lang in _BACKTICK_LANGS or not lang:
+        quotes.append("`")
+    return _Syntax(
+        hash_comments=lang in _HASH_COMMENTS or not known,
+        slash_comments=lang in _SLASH_COMMENTS or not known,
+        quotes=tuple(quotes),
+        rust_chars=lang == "rust",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _LexState:
+    quote: str = ""  # the open string delimiter, if any
+    comment: str = ""  # "", "line" or "block"
+
+
+def _is_rust_char(text: str, i: int) -> bool:
+    # 'a' or '\n' is a char literal; 'a in a lifetime is not.
+    return (i + 1 < len(text) and text[i + 1] == "\\") or (i + 2 < len(text) and text[i + 2] == "'")
+
+
+def _classify(text: str, syn: _Syntax, state: _LexState) -> tuple[str, _LexState]:
+    """Label each char: c=code, s=string body, o=opening quote, x=closing quote, m=comment.
+
+    A heuristic lexer: enough to keep brackets inside strings and comments out
+    of the bracket balance. Single-char quotes end at a newline.
+    """
+    out: list[str] = []
+    quote, comment = state.quote, state.comment
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if comment == "line":
+            if ch == "\n":
+                comment = ""
+                out.append("c")
+            else:
+                out.append("m")
+            i += 1
+        elif comment == "block":
+            if text.startswith("*/", i):
+                out.append("mm")
+                i += 2
+                comment = ""
+            else:
+                out.append("m")
+                i += 1
+        elif quote:
+            if ch == "\\" and i + 1 < n:
+                out.append("ss")
+                i += 2
+            elif text.startswith(quote, i):
+                out.append("x" * len(quote))
+                i += len(quote)
+                quote = ""
+            elif ch == "\n" and len(quote) == 1 and quote != "`":
+                quote = ""  # unterminated one-line string
+                out.append("c")
+                i += 1
+            else:
+                out.append("s")
+                i += 1
+        elif syn.hash_comments and ch == "#":
+            comment = "line"
+            out.append("m")
+            i += 1
+        elif syn.slash_comments and text.startswith("//", i):
+            comment = "line"
+            out.append("mm")
+            i += 2
+        elif syn.slash_comments and text.startswith("/*", i):
+            comment = "block"
+            out.append("mm")
+            i += 2
+        else:
+            for delim in syn.quotes:
+                if text.startswith(delim, i):
+                    if delim == "'" and syn.rust_chars and not _is_rust_char(text, i):
+                        continue
+                    quote = delim
+                    out.append("o" * len(delim))
+                    i += len(delim)
+                    break
+            else:
+                out.append("c")
+                i += 1
+    return "".join(out), _LexState(quote, comment)
+
+
+@dataclass(frozen=True, slots=True)
+class _PrefixInfo:
+    state: _LexState  # lexer state at the cursor
+    stack: tuple[tuple[str, bool], ...]  # open brackets: (char, opened on the cursor line)
+
+
+@lru_cache(maxsize=64)
+def _prefix_info(prefix: str, language: str) -> _PrefixInfo:
+    kinds, state = _classify(prefix, _syntax(language), _LexState())
+    line_start = prefix.rfind("\n") + 1
+    stack: list[tuple[str, bool]] = []
+    for i, ch in enumerate(prefix):
+        if kinds[i] != "c":
+            continue
+        if ch in _OPENERS:
+            stack.append((ch, i >= line_start))
+        elif ch in _CLOSERS:
+            _pop_matching(stack, _CLOSERS[ch])
+    return _PrefixInfo(state, tuple(stack))
+
+
+def _pop_matching(stack: list[tuple[str, bool]], opener: str) -> tuple[str, bool] | None:
+    """Pop down to the nearest ``opener``; ignore a closer with no match."""
+    for depth in range(len(stack) - 1, -1, -1):
+        if stack[depth][0] == opener:
+            item = stack[depth]
+            del stack[depth:]
+            return item
+    return None
+
+
+@lru_cache(maxsize=64)
+def _suffix_closer_count(suffix: str, language: str, state: _LexState) -> int:
+    """How many brackets opened before the cursor the suffix closes."""
+    kinds, _ = _classify(suffix, _syntax(language), state)
+    depth = unmatched = 0
+    for i, ch in enumerate(suffix):
+        if kinds[i] != "c":
+            continue
+        if ch in _OPENERS:
+            depth += 1
+        elif ch in _CLOSERS:
+            if depth:
+                depth -= 1
+            else:
+                unmatched += 1
+    return unmatched
+
+
+def _tab_width(ctx: PostContext) -> int:
+    return len(ctx.indent_unit) if ctx.indent_unit.strip(" ") == "" and ctx.indent_unit else 4
+
+
+def _columns(ws: str, tab: int) -> int:
+    return sum(tab if c == "\t" else 1 for c in ws)
+
+
+def _render_indent(cols: int, ctx: PostContext) -> str:
+    if ctx.indent_unit == "\t":
+        return "\t" * (cols // 4) + " " * (cols % 4)
+    return " " * cols
+
+
+def _width(line: str, ctx: PostContext) -> int:
+    return _columns(_leading_ws(line), _tab_width(ctx))
+
+
+def _is_trivial(stripped: str) -> bool:
+    """Lines like "}", ")", "end" that legitimately repeat."""
+    return len(stripped) < 4 or not any(c.isalnum() for c in stripped)
+
+
+def _next_nonblank(ctx: PostContext, limit: int = 3) -> list[str]:
+    out: list[str] = []
+    for line in ctx.following_lines:
+        if line.strip():
+            out.append(line)
+            if len(out) == limit:
+                break
+    return out
+
+
+def _similar(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    if min(len(a), len(b)) < 8:
+        return False
+    return SequenceMatcher(None, a, b, autojunk=False).ratio() >= 0.85
+
+
+# --------------------------------------------------------------------------- 1. special tokens
+
+
+def cut_special_tokens(text: str, ctx: PostContext) -> str:
+    """Cut at the first Qwen special token or markdown fence; drop a leading fence."""
+    fences = ctx.language.lower() not in _MARKDOWN_LANGS
+    if fences:
+        lead = _LEADING_FENCE.match(text)
+        if lead:
+            text = text[lead.end() :]
+    cut = len(text)
+    for token in QWEN_SPECIAL_TOKENS:
+        at = text.find(token)
+        if at != -1:
+            cut = min(cut, at)
+    if fences:
+        fence = _FENCE_LINE.search(text)
+        if fence:
+            cut = min(cut, max(fence.start() - 1, 0))  # also drop the newline before it
+    return text[:cut]
+
+
+# --------------------------------------------------------------------------- 2. prefix echo
+
+_ECHO_MAX_LINES = 5
+_ECHO_MIN_CHARS = 4
+
+
+def strip_prefix_echo(text: str, ctx: PostContext) -> str:
+    """Remove an exact repeat of the cursor line's start (and maybe the lines above it).
+
+    Partial-mode chat answers sometimes restart the current line or re-emit the
+    last lines of the prefix. Only a clear repeat (at least a few non-blank
+    characters, matched exactly) is removed; the longest one wins.
+    """
+    lines = ctx.prefix.split("\n")
+    for k in range(min(_ECHO_MAX_LINES, len(lines) - 1), -1, -1):
+        tail = "\n".join(lines[len(lines) - 1 - k :])
+        for candidate in (tail, tail.lstrip()):
+            if len(candidate.strip()) >= _ECHO_MIN_CHARS and text.startswith(candidate):
+                return text[len(candidate) :]
+    return text
+
+
+# --------------------------------------------------------------------------- 3. newline / single line
+
+
+def _fit_indent(line: str, ctx: PostContext) -> str:
+    """Drop from ``line``'s indentation what the cursor line already has."""
+    tab = _tab_width(ctx)
+    extra = _columns(_leading_ws(line), tab) - _columns(ctx.line_prefix, tab)
+    ws = _leading_ws(line)
+    if ws.startswith(ctx.line_prefix):
+        kept = ws[len(ctx.line_prefix) :]
+    else:
+        kept = _render_indent(max(extra, 0), ctx)
+    return kept + line.lstrip(" \t")
+
+
+def fit_leading_newline(text: str, ctx: PostContext) -> str:
+    """At a blank cursor line, turn "\\n" + indented line into text for the cursor."""
+    if ctx.line_prefix.strip() or not text.startswith(("\n", "\r\n")):
+        return text
+    rest = text[text.index("\n") + 1 :]
+    first, sep, tail = rest.partition("\n")
+    return _fit_indent(first, ctx) + sep + tail
+
+
+def trim_single_line(text: str, ctx: PostContext) -> str:
+    """Single-line mode keeps one line (the first non-empty one at a blank cursor line)."""
+    if ctx.multiline:
+        return text
+    lines = text.split("\n")
+    if ctx.line_prefix.strip():
+        return lines[0]
+    for i, line in enumerate(lines):
+        if line.strip():
+            return line if i == 0 else _fit_indent(line.rstrip("\r"), ctx)
+    return ""
+
+
+# --------------------------------------------------------------------------- 5. repetition
+
+_UNIT_REPEATS = (
+    re.compile(r"(.{1,2}?)\1{7,}$"),  # ")))))))))" / ",),),),),),),)"
+    re.compile(r"(.{3,9}?)\1{4,}$"),  # "abcabcabcabcabc"
+    re.compile(r"(.{10,}?)\1{2,}$"),  # a long phrase three times
+)
+_SEPARATOR_CHARS = frozenset("=-*#/_~+.<> \t")
+
+
+def _line_end_loop(line: str) -> int | None:
+    """Where to cut ``line`` if it ends with a unit repeated many times."""
+    for pattern in _UNIT_REPEATS:
+        m = pattern.search(line)
+        if not m:
+            continue
+        unit = m.group(1)
+        if set(unit) <= _SEPARATOR_CHARS:
+            continue  # "# =========" rulers are fine
+        if len(unit) <= 2 and any(c.isalnum() for c in unit):
+            continue  # 0xFFFFFFFF, "00000000"
+        if set(unit) <= set(_CLOSERS):
+            # A run of closers: keep as many as the line has open brackets (at least one).
+            head = line[: m.start()]
+            wanted = sum(head.count(c) for c in _OPENERS) - sum(head.count(c) for c in _CLOSERS)
+            return m.start() + max(wanted, 1)
+        return m.start() + len(unit)
+    return None
+
+
+def _repeated_line(keys: Sequence[str]) -> int | None:
+    """Index of the last line to keep when a line repeats 3+ times in a row."""
+    for i in range(len(keys) - 2):
+        if keys[i] and not _is_trivial(keys[i]) and keys[i] == keys[i + 1] == keys[i + 2]:
+            return i
+    return None
+
+
+def _repeated_block(keys: Sequence[str]) -> int | None:
+    """Index of the last line to keep when a block of 2+ lines loops (2.5+ copies)."""
+    n_lines = len(keys)
+    best: int | None = None
+    for size in range(2, n_lines // 2 + 1):
+        for i in range(n_lines - 2 * size):
+            block = keys[i : i + size]
+            if all(_is_trivial(k) for k in block):
+                continue
+            if keys[i + size : i + 2 * size] == block and keys[i + 2 * size] == keys[i]:
+                end = i + size - 1
+                best = end if best is None else min(best, end)
+                break
+    return best
+
+
+def cut_repetition(text: str, ctx: PostContext) -> str:
+    """Cut repetition loops, keeping the first copy and dropping what follows."""
+    lines = text.split("\n")
+    keys = [line.strip() for line in lines]
+    cuts: list[tuple[int, str]] = []
+    for i, line in enumerate(lines):
+        at = _line_end_loop(line)
+        if at is not None:
+            cuts.append((i, line[:at]))
+            break
+    for finder in (_repeated_line, _repeated_block):
+        last = finder(keys)
+        if last is not None:
+            cuts.append((last, lines[last]))
+    if not cuts:
+        return text
+    last, kept = min(cuts, key=lambda c: c[0])
+    return "\n".join([*lines[:last], kept])
+
+
+# --------------------------------------------------------------------------- 4. scope
+
+
+@dataclass(frozen=True, slots=True)
+class _Cut:
+    index: int  # the completion is text[:index]
+    reason: str  # "dedent", "blank", "closer" (cut before a closer), "closed" (kept once)
+
+
+def _opens_block(line: str) -> bool:
+    stripped = line.rstrip()
+    return stripped.endswith((":", "{"))
+
+
+def _header_indent(ctx: PostContext, ref: int) -> int:
+    """Indentation of the nearest prefix line above the cursor that is shallower than ``ref``."""
+    lines = ctx.prefix.split("\n")[:-1]
+    for line in reversed(lines[-200:]):
+        if line.strip() and _width(line, ctx) < ref:
+            return _width(line, ctx)
+    return 0
+
+
+def _scope_cut(text: str, ctx: PostContext) -> _Cut | None:
+    """Where the completion leaves the cursor's scope, or None."""
+    info = _prefix_info(ctx.prefix, ctx.language)
+    kinds, _ = _classify(text, _syntax(ctx.language), info.state)
+    suffix_closers = _suffix_closer_count(ctx.suffix, ctx.language, info.state)
+    stack = list(info.stack)
+    own: list[str] = []  # brackets opened by the completion
+    closed = 0  # prefix brackets the completion has closed so far
+
+    lines = text.split("\n")
+    first = lines[0]
+    if ctx.line_prefix.strip():
+        ref = _columns(ctx.cursor_indent, _tab_width(ctx))
+        strict = _opens_block(ctx.line_prefix + first)
+    else:
+        ref = _width(ctx.line_prefix + first, ctx)
+        strict = False
+    header = _header_indent(ctx, ref)
+    following = _next_nonblank(ctx, 1)
+    suffix_level = _width(following[0], ctx) if following else None
+    last_code_width: int | None = ref if first.strip() else None
+
+    start = 0
+    for idx, line in enumerate(lines):
+        end = start + len(line)
+        stripped = line.strip()
+        if idx > 0:
+            if not stripped:
+                if ctx.multiline and not own and last_code_width == ref and suffix_level == ref:
+                    return _Cut(start - 1, "blank")
+                start = end + 1
+                continue
+            width = _width(line, ctx)
+            starts_with_closer = kinds[start + len(line) - len(line.lstrip())] == "c" and (
+                stripped[0] in _CLOSERS
+            )
+            shallow = width < ref or (strict and width <= ref)
+            continues = _CONTINUATION.match(stripped) is not None and width >= header
+            if not starts_with_closer and shallow and not continues:
+                return _Cut(start - 1, "dedent")
+            last_code_width = width
+        stop_after = False
+        for j in range(start, end):
+            ch = text[j]
+            if kinds[j] != "c":
+                continue
+            if ch in _OPENERS:
+                own.append(ch)
+                continue
+            if ch not in _CLOSERS:
+                continue
+            if own:
+                own.pop()
+                continue
+            item = _pop_matching(stack, _CLOSERS[ch])
+            if item is None:
+                if idx == 0:
+                    continue
+                return _Cut(j, "closer")  # closes something we cannot see
+            closed += 1
+            inline = item[1]
+            if idx == 0 and inline:
+                continue  # the cursor's own statement closes; overlap is merged later
+            if suffix_closers >= closed:
+                return _Cut(j, "closer")  # the suffix already closes it
+            if not inline:
+                stop_after = True  # keep the closing line once
+        if stop_after and not own:
+            return _Cut(end, "closed")
+        start = end + 1
+    return None
+
+
+def limit_scope(text: str, ctx: PostContext) -> str:
+    """Stop at the end of the cursor's scope (indentation, bracket balance, blank line)."""
+    cut = _scope_cut(text, ctx)
+    if cut is None:
+        return text
+    return text[: cut.index].rstrip()
+
+
+# --------------------------------------------------------------------------- 6. suffix copies
+
+
+def drop_suffix_copy(text: str, ctx: PostContext) -> str:
+    """Drop completion lines that reproduce the rest of the line or the next suffix lines."""
+    lines = text.split("\n")
+    rest_of_line = ctx.line_suffix.strip()
+    if rest_of_line and lines[0].strip() == rest_of_line:
+        return ""
+    upcoming = [line.strip() for line in _next_nonblank(ctx)]
+    if not upcoming:
+        return text
+    if not ctx.line_prefix.strip() and lines[0].strip() == upcoming[0]:
+        return ""  # the whole completion starts by copying the next line
+    raw_upcoming = [line.rstrip() for line in _next_nonblank(ctx)]
+    for j in range(1, len(lines)):
+        key = lines[j].strip()
+        if not key or not _similar(key, upcoming[0]):
+            continue
+        if not _is_trivial(key):
+            return "\n".join(lines[:j]).rstrip()
+        # "}" or "end": only a trailing run that copies the suffix line for line,
+        # indentation included (a "}" closing the completion's own block stays).
+        remaining = [line.rstrip() for line in lines[j:] if line.strip()]
+        if remaining == raw_upcoming[: len(remaining)]:
+            return "\n".join(lines[:j]).rstrip()
+    return text
+
+
+# --------------------------------------------------------------------------- 7. suffix overlap
+
+
+def _closers_ok(head: str, piece: str, ctx: PostContext) -> bool:
+    """True when every bracket/quote in ``piece`` closes something opened before it.
+
+    ``head`` is the completion text before ``piece``; a bracket closed in
+    ``piece`` must not belong to an opener inside ``head``, and a quote must
+    end a string rather than start one.
+    """
+    info = _prefix_info(ctx.prefix, ctx.language)
+    kinds, _ = _classify(head + piece, _syntax(ctx.language), info.state)
+    depth = 0
+    for i, ch in enumerate(head):
+        if kinds[i] == "c" and ch in _OPENERS:
+            depth += 1
+        elif kinds[i] == "c" and ch in _CLOSERS and depth:
+            depth -= 1
+    for i, ch in enumerate(piece, start=len(head)):
+        kind = kinds[i]
+        if kind == "o":
+            return False
+        if kind == "c" and ch in _CLOSERS:
+            if depth:
+                return False
+        elif kind == "c" and ch in _OPENERS:
+            return False
+    return True
+
+
+def _is_closing_run(s: str) -> bool:
+    return bool(s) and all(c in _CLOSING_PUNCT or c.isspace() for c in s)
+
+
+def merge_suffix_overlap(text: str, ctx: PostContext) -> Suggestion:
+    """Avoid doubling the text right after the cursor.
+
+    If the rest of the line is only closers/punctuation (``)``, ``")``, ``);``)
+    and the completion types them itself, replace them. Otherwise trim an
+    overlap between the completion's end and the start of the rest of the line
+    (one char is enough for closers, three otherwise).
+    """
+    rest = ctx.line_suffix.rstrip()
+    if not rest or not text:
+        return Suggestion(text)
+    first, nl, _ = text.partition("\n")
+    if _is_closing_run(rest):
+        # The first line types the closers, maybe followed by more punctuation (";").
+        for k in range(len(rest), 0, -1):
+            piece = rest[:k]
+            at = first.rfind(piece)
+            if at == -1 or first[at + k :].strip(" ;,") != "":
+                continue
+            if k < len(rest) and at + k != len(first):
+                continue
+            if _closers_ok(first[:at], piece, ctx):
+                return Suggestion(text, k)
+    elif nl and first.endswith(rest):
+        # The model rewrote the rest of the line and went on: keep the line only.
+        return Suggestion(first[: len(first) - len(rest)])
+    if nl:
+        return Suggestion(text)
+    for k in range(min(len(text), len(rest)), 0, -1):
+        piece = rest[:k]
+        if not text.endswith(piece):
+            continue
+        if _is_closing_run(piece):
+            if _closers_ok(text[: len(text) - k], piece, ctx):
+                return Suggestion(text[: len(text) - k])
+        elif k >= 3:
+            return Suggestion(text[: len(text) - k])
+    return Suggestion(text)
+
+
+# --------------------------------------------------------------------------- 8. indentation
+
+
+def normalize_indentation(text: str, ctx: PostContext) -> str:
+    """Re-indent lines after the first in the document's unit, relative to the cursor line."""
+    lines = text.split("\n")
+    if len(lines) < 2:
+        return text
+    tab = _tab_width(ctx)
+    base = _columns(ctx.cursor_indent, tab)
+    body = [i for i in range(1, len(lines)) if lines[i].strip()]
+    if not body:
+        return text
+    deltas = [_columns(_leading_ws(lines[i]), tab) - base for i in body]
+    positive = sorted({d for d in deltas if d > 0})
+    unit = positive[0] if positive else 0
+    scale = unit in (2, 3, 4, 8) and unit != tab and all(d % unit == 0 for d in deltas)
+    if scale and unit > tab:
+        scale = unit % tab == 0 and len(positive) >= 2  # clear multi-level structure only
+    elif scale:
+        scale = tab % unit == 0
+    out = lines[:1]
+    for i in range(1, len(lines)):
+        line = lines[i]
+        if not line.strip():
+            out.append(line)
+            continue
+        cols = _columns(_leading_ws(line), tab)
+        if scale:
+            cols = max(0, base + (cols - base) // unit * tab)
+        out.append(_render_indent(cols, ctx) + line.lstrip(" \t"))
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- 9. whitespace
+
+
+def trim_trailing_whitespace(text: str, ctx: PostContext) -> str:
+    """Strip trailing whitespace per line and at the end.
+
+    A single-line completion keeps its final space when an identifier follows
+    the cursor directly ("foo(|bar" + "x, " stays "x, ").
+    """
+    lines = [line.rstrip() for line in text.split("\n")]
+    trimmed = "\n".join(lines).rstrip()
+    rest = ctx.line_suffix
+    if "\n" not in trimmed and rest[:1].isidentifier() and text.rstrip("\n") != trimmed:
+        return trimmed + text.rstrip("\n")[len(trimmed) :]
+    return trimmed
+
+
+def drop_empty(text: str, ctx: PostContext) -> str:
+    """Drop results with no meaningful character."""
+    return text if text.strip() else ""
+
+
+# --------------------------------------------------------------------------- pipeline
+
+Filter = Callable[[str, PostContext], str | Suggestion]
+
+PIPELINE: tuple[Filter, ...] = (
+    cut_special_tokens,
+    strip_prefix_echo,  # only with echo_prefix=True
+    fit_leading_newline,
+    trim_single_line,
+    cut_repetition,
+    normalize_indentation,
+    limit_scope,
+    drop_suffix_copy,
+    trim_trailing_whitespace,
+    merge_suffix_overlap,
+    drop_empty,
+)
+
+
+def run_filters(
+    raw: str,
+    ctx: PostContext,
+    filters: Sequence[Filter] = PIPELINE,
+    *,
+    echo_prefix: bool = False,
+) -> Suggestion | None:
+    """Run ``filters`` in order; None when nothing useful remains."""
+    text, replace = raw, 0
+    for step in filters:
+        if step is strip_prefix_echo and not echo_prefix:
+            continue
+        out = step(text, ctx)
+        if isinstance(out, Suggestion):
+            text, replace = out.text, out.replace_suffix_chars
+        else:
+            text = out
+        if not text:
+            return None
+    if not text.strip() or text == ctx.line_suffix[:replace]:
+        return None  # nothing, or a no-op retyping of what is already there
+    return Suggestion(text, replace)
+
+
+def postprocess(raw: str, ctx: PostContext, *, echo_prefix: bool = False) -> Suggestion | None:
+    """Run the whole pipeline. ``echo_prefix`` for partial mode (the model may repeat the line)."""
+    return run_filters(raw, ctx, PIPELINE, echo_prefix=echo_prefix)
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def stream_should_stop(text_so_far: str, ctx: PostContext) -> bool:
+    """True when more streamed output could not survive post-processing."""
+    if any(token in text_so_far for token in QWEN_SPECIAL_TOKENS):
+        return True
+    text = text_so_far
+    if ctx.language.lower() not in _MARKDOWN_LANGS:
+        lead = _LEADING_FENCE.match(text)
+        if lead:
+            text = text[lead.end() :]
+        elif text.lstrip().startswith("```"):
+            return False  # a leading fence still arriving
+        if _FENCE_LINE.search(text):
+            return True
+    if cut_repetition(text, ctx) != text:
+        return True
+    text = fit_leading_newline(text, ctx)
+    if not ctx.multiline:
+        if ctx.line_prefix.strip() and text.startswith("\n"):
+            return True  # first line is empty: nothing can survive
+        head, nl, _ = text.lstrip("\r\n").partition("\n")
+        return bool(nl and head.strip())
+    last_nl = text.rfind("\n")
+    if last_nl > 0:
+        complete = text[:last_nl]
+        if _scope_cut(complete, ctx) is not None:
+            return True
+        if drop_suffix_copy(complete, ctx) != complete:
+            return True
+    cut = _scope_cut(text, ctx)
+    if cut is None:
+        return False
+    if cut.reason == "dedent":
+        # The dedented line is still arriving: stop unless it may become "else" etc.
+        partial = text[last_nl + 1 :].strip()
+        return not any(word.startswith(partial) for word in _CONTINUATION_WORDS)
+    return cut.reason == "closer"

@@ -1,0 +1,156 @@
+"""OpenAI-compatible wire protocol (DashScope compatible-mode, llama.cpp, vLLM...).
+
+FIM prompts go to ``{base}/completions`` and partial-mode chats to
+``{base}/chat/completions``, always streamed with usage requested in the
+final chunk.
+
+Failure semantics of :meth:`OpenAICompatProvider.stream`: text is yielded as
+soon as it arrives. If the stream then breaks (cut connection, malformed
+chunk, byte cap, timeout) the generator raises :class:`UpstreamError` *after*
+the deltas it already yielded, so a caller may keep the partial text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from qwen_lsp.providers.base import StreamEvent, TextDelta, UpstreamRequest, Usage
+from qwen_lsp.providers.http import StreamingProvider
+
+
+def usage_from_openai(raw: Any) -> Usage | None:
+    """``usage`` of a chunk or body -> Usage (cached tokens may be missing)."""
+    if not isinstance(raw, dict):
+        return None
+    details = raw.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(
+        prompt_tokens=int(raw.get("prompt_tokens") or 0),
+        completion_tokens=int(raw.get("completion_tokens") or 0),
+        cached_tokens=int(cached or 0),
+    )
+
+
+def choice_text(choice: Any) -> tuple[str, str | None]:
+    """(text, finish_reason) of one streamed or complete choice."""
+    if not isinstance(choice, dict):
+        return "", None
+    text: Any = None
+    for key in ("delta", "message"):
+        part = choice.get(key)
+        if isinstance(part, dict):
+            text = part.get("content")
+            break
+    else:
+        text = choice.get("text")
+    return (text if isinstance(text, str) else ""), choice.get("finish_reason") or None
+
+
+class OpenAICompatProvider(StreamingProvider):
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        model: str,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        max_response_bytes: int = 1_000_000,
+        name: str = "openai",
+    ) -> None:
+        super().__init__(
+            base_url,
+            api_key,
+            model,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_response_bytes=max_response_bytes,
+            name=name,
+        )
+
+    def supports_fim(self) -> bool:
+        return True
+
+    def build(self, request: UpstreamRequest) -> tuple[str, dict[str, Any]]:
+        """The URL and JSON body for ``request``."""
+        common: dict[str, Any] = {
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+        }
+        if request.is_fim:
+            url = f"{self.base_url}/completions"
+            body: dict[str, Any] = {"model": self.model, "prompt": request.prompt, **common}
+            body["stop"] = list(request.stop)
+        else:
+            url = f"{self.base_url}/chat/completions"
+            body = {"model": self.model, "messages": request.messages or [], **common}
+            if request.stop:
+                body["stop"] = list(request.stop)
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+        body.update(request.extra)
+        return url, body
+
+    async def stream(self, request: UpstreamRequest) -> AsyncIterator[StreamEvent]:
+        url, body = self.build(request)
+        response = await self._open(url, body, {"Accept": "text/event-stream"})
+        try:
+            ctype = self.content_type(response)
+            if ctype == "text/event-stream":
+                async for event in self._parse_stream(response):
+                    yield event
+            elif ctype == "application/json":
+                for event in self._parse_body(await self._read_json(response)):
+                    yield event
+            else:
+                raise self._wrong_content_type(ctype)
+        finally:
+            await response.aclose()
+
+    async def _parse_stream(self, response: httpx.Response) -> AsyncIterator[StreamEvent]:
+        usage: Usage | None = None
+        finished = False
+        async for sse in self._events(response):
+            data = sse.data.strip()
+            if data == "[DONE]":
+                finished = True
+                break
+            if not data:
+                continue
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                raise self._malformed(data) from None
+            if not isinstance(chunk, dict):
+                raise self._malformed(data)
+            if "error" in chunk:
+                raise self._body_error(chunk)
+            choices = chunk.get("choices") or []
+            if choices:
+                text, finish = choice_text(choices[0])
+                if text:
+                    yield TextDelta(text)
+                finished = finished or finish is not None
+            usage = usage_from_openai(chunk.get("usage")) or usage
+        if not finished:
+            raise self._cut()
+        if usage is not None:
+            yield usage
+
+    def _parse_body(self, obj: Any) -> list[StreamEvent]:
+        """A plain JSON completion (a server that ignored ``stream``)."""
+        if isinstance(obj, dict) and "error" in obj:
+            raise self._body_error(obj)
+        choices = obj.get("choices") if isinstance(obj, dict) else None
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise self._error("protocol", "Response is JSON but not a completion.")
+        text, _ = choice_text(choices[0])
+        events: list[StreamEvent] = [TextDelta(text)] if text else []
+        usage = usage_from_openai(obj.get("usage"))
+        if usage is not None:
+            events.append(usage)
+        return events

@@ -1,0 +1,242 @@
+"""End to end: the real server over stdio against the loopback Qwen API.
+
+Covers the three protocol/mode combinations, both LSP completion methods,
+the exact request bodies the upstream receives, settings channels, stats,
+and position encodings on non-ASCII lines.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from lsprotocol import types
+
+from tests.fake_upstream import FakeUpstream, Reply
+from tests.harness import (
+    complete,
+    inline,
+    open_doc,
+    openai_env,
+    server_env,
+    start_client,
+    stop_client,
+)
+
+SPECIALS = [
+    "<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+    "<|repo_name|>", "<|file_sep|>", "<|im_start|>", "<|im_end|>",
+]
+DOC = "def add(a, b):\n    return \n\nprint(add(1, 2))\n"
+URI = "file:///work/proj/calc.py"
+
+
+def _modes(fake: FakeUpstream, tmp_path):
+    return {
+        "fim": openai_env(tmp_path, fake.openai_base, QWEN_LSP_MODEL="qwen2.5-coder-7b-instruct"),
+        "partial-openai": server_env(
+            tmp_path, QWEN_LSP_PROVIDER="dashscope", QWEN_LSP_API="openai",
+            QWEN_LSP_BASE_URL=fake.openai_base, DASHSCOPE_API_KEY="sk-test-core-0001",
+            QWEN_LSP_DEBOUNCE_MS="0"),
+        "partial-native": server_env(
+            tmp_path, QWEN_LSP_PROVIDER="dashscope", QWEN_LSP_API="dashscope",
+            QWEN_LSP_BASE_URL=fake.native_base, DASHSCOPE_API_KEY="sk-test-core-0001",
+            QWEN_LSP_DEBOUNCE_MS="0"),
+    }
+
+
+@pytest.mark.parametrize("mode", ["fim", "partial-openai", "partial-native"])
+async def test_inline_and_completion_each_protocol(mode: str, tmp_path) -> None:
+    with FakeUpstream(Reply(text="a + b")) as fake:
+        env = _modes(fake, tmp_path)[mode]
+        client = await start_client(env)
+        try:
+            open_doc(client, URI, DOC)
+            res = await inline(client, URI, 1, 11)
+            assert res is not None and [i.insert_text for i in res.items] == ["a + b"]
+            assert res.items[0].range == types.Range(
+                start=types.Position(1, 11), end=types.Position(1, 11))
+
+            # A different position so the cache does not answer the second one.
+            fake.set_text("a - b")
+            client.text_document_did_change(types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),
+                content_changes=[types.TextDocumentContentChangePartial(
+                    range=types.Range(start=types.Position(1, 11), end=types.Position(1, 11)),
+                    text=" ")]))
+            comp = await complete(client, URI, 1, 12)
+            assert comp is not None and len(comp.items) == 1
+            item = comp.items[0]
+            assert item.text_edit.new_text == "a - b"
+            assert "\n" not in item.label
+        finally:
+            await stop_client(client)
+
+    posts = [r for r in fake.requests if r.method == "POST"]
+    assert len(posts) == 2
+    first = posts[0]
+    body = first.json
+    if mode == "fim":
+        assert first.path == "/compatible-mode/v1/completions"
+        assert body["model"] == "qwen2.5-coder-7b-instruct"
+        assert body["prompt"] == (
+            "<|fim_prefix|>def add(a, b):\n    return <|fim_suffix|>\n\nprint(add(1, 2))\n"
+            "<|fim_middle|>"
+        )
+        assert body["stream"] is True
+        assert body["stop"][: len(SPECIALS)] == SPECIALS
+        assert "authorization" not in first.headers
+    else:
+        msgs = body["messages"] if mode == "partial-openai" else body["input"]["messages"]
+        last = msgs[-1]
+        assert last == {"role": "assistant", "content": "def add(a, b):\n    return ",
+                        "partial": True}
+        assert "calc.py" in msgs[-2]["content"] and "print(add(1, 2))" in msgs[-2]["content"]
+        assert first.headers["authorization"] == "Bearer sk-test-core-0001"
+        if mode == "partial-openai":
+            assert first.path == "/compatible-mode/v1/chat/completions"
+            assert body["model"] == "qwen3-coder-flash"
+            assert body["stream"] is True
+            assert body["stream_options"] == {"include_usage": True}
+        else:
+            assert first.path == "/api/v1/services/aigc/text-generation/generation"
+            assert first.headers["x-dashscope-sse"] == "enable"
+            assert body["parameters"]["result_format"] == "message"
+            assert body["parameters"]["incremental_output"] is True
+
+
+async def test_stats_report_usage_and_cache(tmp_path) -> None:
+    with FakeUpstream(Reply(text="a + b", usage={"prompt_tokens": 300, "completion_tokens": 4,
+                                                 "cached_tokens": 256})) as fake:
+        client = await start_client(openai_env(tmp_path, fake.openai_base))
+        try:
+            open_doc(client, URI, DOC)
+            await inline(client, URI, 1, 11)
+            again = await inline(client, URI, 1, 11)  # exact cache hit
+            assert again is not None and again.items[0].insert_text == "a + b"
+            stats = await client.workspace_execute_command_async(
+                types.ExecuteCommandParams(command="qwen.stats"))
+        finally:
+            await stop_client(client)
+    assert stats["requests"] == 2
+    assert stats["upstreamRequests"] == 1
+    assert stats["cacheHits"] == 1
+    assert stats["promptTokens"] == 300
+    assert stats["completionTokens"] == 4
+    assert stats["cachedTokens"] == 256
+    assert stats["latencyMs"]["p50"] is not None
+    assert len([r for r in fake.requests if r.method == "POST"]) == 1
+
+
+async def test_settings_from_initialization_options_and_configuration(tmp_path) -> None:
+    with FakeUpstream(Reply(text="a + b")) as fake:
+        env = server_env(tmp_path, QWEN_LSP_MODEL="from-env")
+        client = await start_client(
+            env,
+            init_options={"provider": "openai", "baseUrl": fake.openai_base,
+                          "model": "from-init", "debounceMs": 0},
+            configuration={"qwen": {"model": "from-workspace", "maxTokens": 33}},
+        )
+        try:
+            open_doc(client, URI, DOC)
+            await inline(client, URI, 1, 11)
+        finally:
+            await stop_client(client)
+    body = next(r for r in fake.requests if r.method == "POST").json
+    assert body["model"] == "from-workspace"
+    assert body["max_tokens"] == 33
+
+
+async def test_invalid_setting_gives_one_message_and_keeps_working(tmp_path) -> None:
+    with FakeUpstream(Reply(text="a + b")) as fake:
+        client = await start_client(
+            openai_env(tmp_path, fake.openai_base),
+            init_options={"temperature": "hot", "maxTokens": -4},
+        )
+        try:
+            open_doc(client, URI, DOC)
+            res = await inline(client, URI, 2, 0)  # blank line: multi-line, full maxTokens
+            assert res is not None and res.items[0].insert_text == "a + b"
+            shown = [m.message for m in client.messages]
+        finally:
+            await stop_client(client)
+    body = next(r for r in fake.requests if r.method == "POST").json
+    assert body["max_tokens"] == 128 and body["temperature"] == 0.0
+    settings_msgs = [m for m in shown if "temperature" in m]
+    assert len(settings_msgs) == 1 and "maxTokens" in settings_msgs[0]
+
+
+@pytest.mark.parametrize(
+    ("encoding", "character"),
+    # Line 1 is '    s = "héllo 😀 " + ' : the cursor sits at its end.
+    [("utf-8", 25), ("utf-16", 22), ("utf-32", 21)],
+)
+async def test_position_encodings_on_non_ascii_lines(encoding: str, character: int,
+                                                     tmp_path) -> None:
+    text = 'def greet():\n    s = "héllo 😀 " + \n    return s\n'
+    caps = types.ClientCapabilities(
+        general=types.GeneralClientCapabilities(position_encodings=[encoding]),
+        text_document=types.TextDocumentClientCapabilities(
+            completion=types.CompletionClientCapabilities(
+                completion_item=types.ClientCompletionItemOptions(snippet_support=False))),
+    )
+    with FakeUpstream(Reply(text='"wörld" 🌍')) as fake:
+        client = await start_client(openai_env(tmp_path, fake.openai_base), capabilities=caps)
+        try:
+            assert client.capabilities is not None
+            open_doc(client, URI, text)
+            res = await inline(client, URI, 1, character)
+            comp = await complete(client, URI, 1, character)
+        finally:
+            await stop_client(client)
+    prompt = next(r for r in fake.requests if r.method == "POST").json["prompt"]
+    assert prompt.startswith('<|fim_prefix|>def greet():\n    s = "héllo 😀 " + <|fim_suffix|>')
+    assert res is not None and res.items[0].insert_text == '"wörld" 🌍'
+    pos = types.Position(1, character)
+    assert res.items[0].range == types.Range(start=pos, end=pos)
+    assert comp.items[0].text_edit.range == types.Range(start=pos, end=pos)
+
+
+async def test_edits_in_each_encoding_keep_the_text_exact(tmp_path) -> None:
+    """An incremental edit after an astral character lands where the client meant."""
+    for encoding, col in (("utf-8", 11), ("utf-16", 8), ("utf-32", 7)):
+        caps = types.ClientCapabilities(
+            general=types.GeneralClientCapabilities(position_encodings=[encoding]))
+        with FakeUpstream(Reply(text="ok")) as fake:
+            client = await start_client(openai_env(tmp_path, fake.openai_base),
+                                        capabilities=caps)
+            try:
+                open_doc(client, URI, "x = '😀é'\n")
+                client.text_document_did_change(types.DidChangeTextDocumentParams(
+                    text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),
+                    content_changes=[types.TextDocumentContentChangePartial(
+                        range=types.Range(start=types.Position(0, col),
+                                          end=types.Position(0, col)),
+                        text="Z")]))
+                await inline(client, URI, 1, 0)
+            finally:
+                await stop_client(client)
+        prompt = next(r for r in fake.requests if r.method == "POST").json["prompt"]
+        assert prompt.startswith("<|fim_prefix|>x = '😀éZ'<|fim_suffix|>"), (encoding, prompt)
+
+
+async def test_unknown_document_and_bad_positions_answer_empty(tmp_path) -> None:
+    with FakeUpstream(Reply(text="zzz")) as fake:
+        client = await start_client(openai_env(tmp_path, fake.openai_base))
+        try:
+            assert await inline(client, "file:///nope.py", 0, 0) is None
+            open_doc(client, URI, DOC)
+            assert await inline(client, URI, 99, 0) is None
+            comp = await complete(client, URI, 99, 0)
+            assert not comp.items
+        finally:
+            await stop_client(client)
+    assert [r for r in fake.requests if r.method == "POST"] == []
+
+
+def test_stats_snapshot_is_json() -> None:
+    from qwen_lsp.stats import Stats
+
+    s = Stats()
+    s.record_answer(0.01, hit=False)
+    assert json.loads(json.dumps(s.snapshot()))["latencyMs"]["p50"] == 10.0

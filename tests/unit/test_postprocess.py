@@ -1,0 +1,653 @@
+"""Table-driven tests for the completion post-processing filters."""
+
+from __future__ import annotations
+
+import pytest
+
+from qwen_lsp.postprocess import (
+    PIPELINE,
+    PostContext,
+    Suggestion,
+    cut_repetition,
+    cut_special_tokens,
+    drop_empty,
+    drop_suffix_copy,
+    fit_leading_newline,
+    limit_scope,
+    merge_suffix_overlap,
+    normalize_indentation,
+    postprocess,
+    run_filters,
+    stream_should_stop,
+    strip_prefix_echo,
+    trim_single_line,
+    trim_trailing_whitespace,
+)
+
+# Reusable documents -----------------------------------------------------------
+
+PY_ADD = PostContext("def add(a, b):\n    ", "\n\nprint(add(1,2))\n", "python")
+PY_BODY = PostContext("import os\n\n\ndef f(x):\n    y = x * 2\n    ", "\n    return y\n", "python")
+PY_IF = PostContext("def f(x):\n    if x:\n        ", "\n    return 0\n", "python")
+PY_CALL = PostContext("def f(xs):\n    total = sum(", ")\n    return total\n", "python")
+JS_IF = PostContext(
+    "function f(x) {\n  if (x) {\n    ",
+    "\n  }\n  return 0;\n}\n",
+    "javascript",
+    indent_unit="  ",
+)
+JS_EOF = PostContext("function double(x) {\n  ", "", "javascript", indent_unit="  ")
+GO_IF = PostContext("func run() error {\n\terr := step()\n\tif ", "\n}\n", "go", indent_unit="\t")
+RUST_FN = PostContext("fn get<'a>(x: Option<&'a str>) -> usize {\n    ", "\n}\n", "rust")
+C_FOR = PostContext(
+    "int sum(int *a, int n) {\n    int s = 0;\n    for (int ",
+    ") {\n    }\n    return s;\n}\n",
+    "c",
+)
+TS_CALL = PostContext("const user = await fetchUser(", ");\n", "typescript", indent_unit="  ")
+PY_TABS = PostContext("def f(x):\n\t", "\n", "python", indent_unit="\t")
+
+
+def ctx_with(base: PostContext, **changes: object) -> PostContext:
+    fields = {
+        "prefix": base.prefix,
+        "suffix": base.suffix,
+        "language": base.language,
+        "multiline": base.multiline,
+        "indent_unit": base.indent_unit,
+    }
+    fields.update(changes)
+    return PostContext(**fields)  # type: ignore[arg-type]
+
+
+# PostContext helpers -----------------------------------------------------------
+
+
+def test_context_helpers() -> None:
+    ctx = PostContext("a = 1\n    foo(ba", "r)\r\n    x\n\ny\n", "python")
+    assert ctx.line_prefix == "    foo(ba"
+    assert ctx.line_suffix == "r)"
+    assert ctx.following_lines == ("    x", "", "y", "")
+    assert ctx.cursor_indent == "    "
+    blank = PostContext("x = 1\n", "    y = 2\n")
+    assert blank.line_prefix == ""
+    assert blank.cursor_indent == "    "  # the line's indentation may lie after the cursor
+
+
+# 1. cut_special_tokens ----------------------------------------------------------
+
+SPECIAL_CASES = [
+    ("eot", "return a + b<|endoftext|>garbage", PY_ADD, "return a + b"),
+    ("file-sep", "x = 1\n<|file_sep|>utils.py\ndef g(): ...", PY_BODY, "x = 1\n"),
+    ("fim-middle", "foo()<|fim_middle|>bar", PY_BODY, "foo()"),
+    ("im-end", "return y<|im_end|>", PY_BODY, "return y"),
+    ("closing-fence", "return a + b\n```\nThis function adds.", PY_ADD, "return a + b"),
+    ("leading-fence", "```python\nreturn a + b\n```", PY_ADD, "return a + b"),
+    ("leading-fence-no-lang", "```\nreturn x\n```\n", PY_ADD, "return x"),
+    ("clean-untouched", "return a + b\n", PY_ADD, "return a + b\n"),
+    ("backticks-in-string", 's = "``"\n', PY_BODY, 's = "``"\n'),
+    (
+        "markdown-doc-keeps-fence",
+        "```python\nprint(1)\n```",
+        PostContext("# Title\n\n", "", "markdown"),
+        "```python\nprint(1)\n```",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "ctx", "expected"),
+    [c[1:] for c in SPECIAL_CASES],
+    ids=[c[0] for c in SPECIAL_CASES],
+)
+def test_cut_special_tokens(raw: str, ctx: PostContext, expected: str) -> None:
+    assert cut_special_tokens(raw, ctx) == expected
+
+
+# 2. strip_prefix_echo -------------------------------------------------------------
+
+ECHO_CASES = [
+    (
+        "current-line-echo",
+        "    return fo(x)",
+        PostContext("def f(x):\n    return fo", "\n"),
+        "(x)",
+    ),
+    (
+        "current-line-echo-unindented",
+        "return fo(x)",
+        PostContext("def f(x):\n    return fo", "\n"),
+        "(x)",
+    ),
+    (
+        "previous-lines-echo",
+        "    y = x * 2\n    return y",
+        PY_BODY,
+        "return y",
+    ),
+    (
+        "js-line-echo",
+        "const total = items.reduce((a, b) => a + b, 0);",
+        PostContext("function t(items) {\n  const total = items.", "\n}"),
+        "reduce((a, b) => a + b, 0);",
+    ),
+    ("short-prefix-not-echo", "x + 1", PostContext("def f(x):\n    return x", "\n"), "x + 1"),
+    (
+        "no-repeat-untouched",
+        "sum(values)",
+        PostContext("def f(values):\n    return ", "\n"),
+        "sum(values)",
+    ),
+    (
+        "near-repeat-not-removed",
+        "return fa(x)",
+        PostContext("def f(x):\n    return fo", "\n"),
+        "return fa(x)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "ctx", "expected"), [c[1:] for c in ECHO_CASES], ids=[c[0] for c in ECHO_CASES]
+)
+def test_strip_prefix_echo(raw: str, ctx: PostContext, expected: str) -> None:
+    assert strip_prefix_echo(raw, ctx) == expected
+
+
+# 3a. fit_leading_newline ---------------------------------------------------------
+
+NEWLINE_CASES = [
+    ("python-indented", "\n        return x", PY_IF, "return x"),
+    ("deeper-than-cursor", "\n            pass", PY_IF, "    pass"),
+    ("keeps-later-lines", "\n    z = y\n    return z", PY_BODY, "z = y\n    return z"),
+    ("column-zero-cursor", "\n    x = 1", PostContext("def f():\n", "\n"), "    x = 1"),
+    (
+        "tabs-doc-spaces-model",
+        "\n        x()",
+        PostContext("void f() {\n\t", "\n}", "c"),
+        "    x()",
+    ),
+    ("mid-line-untouched", "\nfoo", PostContext("x = ", "\n"), "\nfoo"),
+    ("no-leading-newline", "return x", PY_IF, "return x"),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "ctx", "expected"),
+    [c[1:] for c in NEWLINE_CASES],
+    ids=[c[0] for c in NEWLINE_CASES],
+)
+def test_fit_leading_newline(raw: str, ctx: PostContext, expected: str) -> None:
+    assert fit_leading_newline(raw, ctx) == expected
+
+
+# 3b. trim_single_line -------------------------------------------------------------
+
+SINGLE = {"multiline": False}
+SINGLE_CASES = [
+    ("first-line-only", "a + b\n\nprint(add(3,4))", ctx_with(PY_ADD, **SINGLE), "a + b"),
+    ("blank-cursor-skips-empty", "\n\n        return x", ctx_with(PY_IF, **SINGLE), "return x"),
+    ("mid-line-empty-first", "\nfoo()", PostContext("x = ", "\n", multiline=False), ""),
+    ("one-line-untouched", "items.map(f)", ctx_with(TS_CALL, **SINGLE), "items.map(f)"),
+    ("multiline-mode-untouched", "a\nb", PY_ADD, "a\nb"),
+    ("only-blank-lines", "\n   \n", ctx_with(PY_IF, **SINGLE), ""),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "ctx", "expected"),
+    [c[1:] for c in SINGLE_CASES],
+    ids=[c[0] for c in SINGLE_CASES],
+)
+def test_trim_single_line(raw: str, ctx: PostContext, expected: str) -> None:
+    assert trim_single_line(raw, ctx) == expected
+
+
+# 4. limit_scope ---------------------------------------------------------------------
+
+SCOPE_CASES = [
+    ("python-dedent", "return a + b\n\nprint(add(3,4))\n", PY_ADD, "return a + b"),
+    (
+        "python-else-continuation",
+        "return 1\n    else:\n        return 2\nprint(f(1))",
+        PostContext("def f(x):\n    if x:\n        ", "\n", "python"),
+        "return 1\n    else:\n        return 2",
+    ),
+    (
+        "python-blank-then-suffix-level",
+        "z = y + 1\n\n    return z",
+        PY_BODY,
+        "z = y + 1",
+    ),
+    (
+        "python-nested-block-kept",
+        "for i in range(x):\n        y += i\n    z = y",
+        PY_BODY,
+        "for i in range(x):\n        y += i\n    z = y",
+    ),
+    (
+        "python-block-opener-siblings-end",
+        ":\n        return 1\n    return 2",
+        PostContext("def f(x):\n    if x > 0", "\n", "python"),
+        ":\n        return 1",
+    ),
+    (
+        "python-bracket-closed-by-suffix",
+        "2,\n    3,\n]\ny = 4",
+        PostContext("values = [\n    1,\n    ", "\n]\n", "python"),
+        "2,\n    3,",
+    ),
+    (
+        "js-closing-brace-in-suffix",
+        "return 1;\n  }\n  return 0;\n}",
+        JS_IF,
+        "return 1;",
+    ),
+    (
+        "js-closing-brace-kept-once",
+        "return x * 2;\n}\n\nconsole.log(double(2));",
+        JS_EOF,
+        "return x * 2;\n}",
+    ),
+    (
+        "js-else-reopens",
+        "return 1;\n  } else {\n    return 2;\n  }\n  foo();",
+        PostContext("function f(x) {\n  if (x) {\n    ", "", "javascript", indent_unit="  "),
+        "return 1;\n  } else {\n    return 2;\n  }",
+    ),
+    (
+        "go-own-block-kept",
+        "err != nil {\n\t\treturn err\n\t}\n\treturn nil\n}",
+        GO_IF,
+        "err != nil {\n\t\treturn err\n\t}",
+    ),
+    (
+        "rust-match-kept-fn-brace-cut",
+        "match x {\n        Some(s) => s.len(),\n        None => 0,\n    }\n}\n\nfn main() {}",
+        RUST_FN,
+        "match x {\n        Some(s) => s.len(),\n        None => 0,\n    }",
+    ),
+    (
+        "brackets-in-strings-ignored",
+        'print("}")\n    y = "("\n    return y',
+        PostContext("def f():\n    ", "", "python"),
+        'print("}")\n    y = "("\n    return y',
+    ),
+    (
+        "brace-in-comment-ignored",
+        "a(); // }\n    b();",
+        PostContext("void f() {\n    ", "\n}\n", "c"),
+        "a(); // }\n    b();",
+    ),
+    ("inline-call-closed-untouched", "xs)", PY_CALL, "xs)"),
+    ("no-scope-end-untouched", "z = y\n    w = z", PY_BODY, "z = y\n    w = z"),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "ctx", "expected"), [c[1:] for c in SCOPE_CASES], ids=[c[0] for c in SCOPE_CASES]
+)
+def test_limit_scope(raw: str, ctx: PostContext, expected: str) -> None:
+    assert limit_scope(raw, ctx) == expected
+
+
+# 5. cut_repetition ------------------------------------------------------------------
+
+REPEAT_CASES = [
+    ("same-line-3x", "x = 1\nlog(x)\nlog(x)\nlog(x)\nlog(x)", PY_BODY, "x = 1\nlog(x)"),
+    ("closer-run", "foo(bar(x)))))))))))))", PY_BODY, "foo(bar(x))"),
+    ("unit-loop", "return abcabcabcabcabcabcabc", PY_BODY, "return abc"),
+    (
+        "block-loop",
+        "a = f()\nb = g(a)\na = f()\nb = g(a)\na = f()\nb = g",
+        PY_BODY,
+        "a = f()\nb = g(a)",
+    ),
+    (
+        "long-phrase-loop",
+        "msg = 'hello world, hello world, hello world, hello world, ",
+        PY_BODY,
+        "msg = 'hello world, ",
+    ),
+    ("ruler-comment-kept", "# " + "=" * 40, PY_BODY, "# " + "=" * 40),
+    ("hex-constant-kept", "MASK = 0xFFFFFFFFFFFF", PY_BODY, "MASK = 0xFFFFFFFFFFFF"),
+    ("closing-braces-kept", "      }\n    }\n  }\n}", JS_IF, "      }\n    }\n  }\n}"),
+    (
+        "two-same-lines-kept",
+        "x.append(1)\nx.append(1)\nreturn x",
+        PY_BODY,
+        "x.append(1)\nx.append(1)\nreturn x",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "ctx", "expected"), [c[1:] for c in REPEAT_CASES], ids=[c[0] for c in REPEAT_CASES]
+)
+def test_cut_repetition(raw: str, ctx: PostContext, expected: str) -> None:
+    assert cut_repetition(raw, ctx) == expected
+
+
+# 6. drop_suffix_copy -----------------------------------------------------------------
+
+SUFFIX_COPY_CASES = [
+    ("similar-next-line", "return a + b\n\nprint(add(3,4))\n", PY_ADD, "return a + b"),
+    ("exact-next-line", "z = y\n    return y\n", PY_BODY, "z = y"),
+    (
+        "first-line-is-rest-of-line",
+        "compute(a, b)\nprint(x)",
+        PostContext("x = ", "compute(a, b)\nprint(x)\n", "python"),
+        "",
+    ),
+    ("blank-cursor-copies-next-line", "return y", PY_BODY, ""),
+    (
+        "trailing-brace-copy",
+        "return 1;\n  }",
+        JS_IF,
+        "return 1;",
+    ),
+    (
+        "own-brace-different-indent-kept",
+        "if (y) {\n      g();\n    }",
+        JS_IF,
+        "if (y) {\n      g();\n    }",
+    ),
+    ("unrelated-untouched", "z = y + 1\n    w = z", PY_BODY, "z = y + 1\n    w = z"),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "ctx", "expected"),
+    [c[1:] for c in SUFFIX_COPY_CASES],
+    ids=[c[0] for c in SUFFIX_COPY_CASES],
+)
+def test_drop_suffix_copy(raw: str, ctx: PostContext, expected: str) -> None:
+    assert drop_suffix_copy(raw, ctx) == expected
+
+
+# 7. merge_suffix_overlap -------------------------------------------------------------
+
+MERGE_CASES = [
+    ("auto-closed-paren", "xs)", PY_CALL, Suggestion("xs)", 1)),
+    ("paren-and-semicolon", "id, opts);", TS_CALL, Suggestion("id, opts);", 2)),
+    ("paren-before-semicolon", "id)", TS_CALL, Suggestion("id)", 1)),
+    (
+        "quote-and-paren",
+        'lo world")',
+        PostContext('print("hel', '")\n', "python"),
+        Suggestion('lo world")', 2),
+    ),
+    ("inner-call-keeps-suffix-paren", "len(xs)", PY_CALL, Suggestion("len(xs)", 0)),
+    ("no-closers-untouched", "xs", PY_CALL, Suggestion("xs", 0)),
+    (
+        "word-overlap-trimmed",
+        "user.name",
+        PostContext("print(", "name)\n", "python"),
+        Suggestion("user.", 0),
+    ),
+    (
+        "short-word-overlap-kept",
+        "a.na",
+        PostContext("print(", "name)\n", "python"),
+        Suggestion("a.na", 0),
+    ),
+    (
+        "first-line-rewrites-rest",
+        "i < n; i++) {\n        s += a[i];\n    }",
+        C_FOR,
+        Suggestion("i < n; i++", 0),
+    ),
+    (
+        "multiline-closing-first-line",
+        "xs)\n    total += 1",
+        PY_CALL,
+        Suggestion("xs)\n    total += 1", 1),
+    ),
+    ("empty-rest-of-line", "return a + b", PY_ADD, Suggestion("return a + b", 0)),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "ctx", "expected"), [c[1:] for c in MERGE_CASES], ids=[c[0] for c in MERGE_CASES]
+)
+def test_merge_suffix_overlap(raw: str, ctx: PostContext, expected: Suggestion) -> None:
+    assert merge_suffix_overlap(raw, ctx) == expected
+
+
+# 8. normalize_indentation ----------------------------------------------------------------
+
+INDENT_CASES = [
+    (
+        "two-spaces-to-four",
+        "if x:\n      return 1\n    else:\n      return 2",
+        PostContext("def f(x):\n    ", "\n", "python"),
+        "if x:\n        return 1\n    else:\n        return 2",
+    ),
+    (
+        "spaces-to-tabs",
+        "if x:\n        return 1\n    return 2",
+        PY_TABS,
+        "if x:\n\t\treturn 1\n\treturn 2",
+    ),
+    (
+        "tabs-to-spaces",
+        "if (x) {\n\t\tgo();\n\t}",
+        PostContext("void f() {\n    ", "\n}", "c"),
+        "if (x) {\n        go();\n    }",
+    ),
+    (
+        "four-to-two",
+        "if (x) {\n      a();\n      if (y) {\n          b();\n      }\n  }",
+        PostContext("function f() {\n  ", "\n}", "javascript", indent_unit="  "),
+        "if (x) {\n    a();\n    if (y) {\n      b();\n    }\n  }",
+    ),
+    (
+        "already-right-untouched",
+        "for v in xs:\n        y += v\n    return y",
+        PY_BODY,
+        "for v in xs:\n        y += v\n    return y",
+    ),
+    (
+        "hanging-alignment-kept",
+        "compute(alpha,\n                   beta)",
+        PostContext("def f():\n    y = ", "\n", "python"),
+        "compute(alpha,\n                   beta)",
+    ),
+    (
+        "first-line-untouched",
+        "x  =  1",
+        PostContext("def f():\n  ", "\n", "python"),
+        "x  =  1",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "ctx", "expected"), [c[1:] for c in INDENT_CASES], ids=[c[0] for c in INDENT_CASES]
+)
+def test_normalize_indentation(raw: str, ctx: PostContext, expected: str) -> None:
+    assert normalize_indentation(raw, ctx) == expected
+
+
+# 9. whitespace / empty ---------------------------------------------------------------------
+
+TRIM_CASES = [
+    ("trailing-newlines", "return a + b\n\n\n", PY_ADD, "return a + b"),
+    ("per-line-trailing", "x = 1   \n    y = 2\t\n", PY_BODY, "x = 1\n    y = 2"),
+    ("space-before-identifier-kept", "x, ", PostContext("f(", "y)"), "x, "),
+    ("space-before-closer-dropped", "x ", PostContext("f(", ")"), "x"),
+    ("clean-untouched", "return y", PY_BODY, "return y"),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "ctx", "expected"), [c[1:] for c in TRIM_CASES], ids=[c[0] for c in TRIM_CASES]
+)
+def test_trim_trailing_whitespace(raw: str, ctx: PostContext, expected: str) -> None:
+    assert trim_trailing_whitespace(raw, ctx) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("", ""), ("   ", ""), ("\n\t\n", ""), (")", ")"), ("x", "x"), ("  pass", "  pass")],
+    ids=["empty", "spaces", "blank-lines", "one-closer", "one-char", "indented"],
+)
+def test_drop_empty(raw: str, expected: str) -> None:
+    assert drop_empty(raw, PY_BODY) == expected
+
+
+# Pipeline ------------------------------------------------------------------------------------
+
+PIPELINE_CASES = [
+    (
+        "raw-0.5b-runs-past-gap",
+        "return a + b\n\nprint(add(3,4))\n",
+        PY_ADD,
+        False,
+        Suggestion("return a + b"),
+    ),
+    (
+        "partial-mode-echo",
+        "    return fo(x)\n\ndef g():\n    pass",
+        PostContext("def fo(x):\n    return x\n\n\ndef f(x):\n    return fo", "\n", "python"),
+        True,
+        Suggestion("(x)"),
+    ),
+    ("auto-closed-paren", "xs)", ctx_with(PY_CALL, multiline=False), False, Suggestion("xs)", 1)),
+    (
+        "ts-call-semicolon",
+        "id, { cache: true });\n",
+        TS_CALL,
+        False,
+        Suggestion("id, { cache: true });", 2),
+    ),
+    (
+        "js-block-closing-brace",
+        "return 1;\n  }\n  return 0;\n}\n",
+        JS_IF,
+        False,
+        Suggestion("return 1;"),
+    ),
+    (
+        "tabs-document",
+        "if x:\n        return 1\n    return 0\n\nprint(f(2))",
+        PY_TABS,
+        False,
+        Suggestion("if x:\n\t\treturn 1\n\treturn 0"),
+    ),
+    (
+        "chat-fence-and-eot",
+        "```python\nreturn a + b\n```<|im_end|>",
+        PY_ADD,
+        False,
+        Suggestion("return a + b"),
+    ),
+    (
+        "blank-line-newline-layout",
+        "\n        return x * 2\n    return 0",
+        PY_IF,
+        False,
+        Suggestion("return x * 2"),
+    ),
+    ("only-special-token", "<|endoftext|>", PY_ADD, False, None),
+    ("whitespace-only", "\n\n   \n", PY_ADD, False, None),
+    ("retypes-rest-of-line", ")", PY_CALL, False, None),
+    (
+        "c-for-header",
+        "i = 0; i < n; i++) {\n        s += a[i];\n    }\n    return s;\n}",
+        C_FOR,
+        False,
+        Suggestion("i = 0; i < n; i++"),
+    ),
+    (
+        "go-if-block",
+        "err != nil {\n\t\treturn err\n\t}\n\treturn nil\n}",
+        GO_IF,
+        False,
+        Suggestion("err != nil {\n\t\treturn err\n\t}"),
+    ),
+    (
+        "repetition-loop",
+        "y += 1\n    y += 1\n    y += 1\n    y += 1\n    y += 1",
+        PY_BODY,
+        False,
+        Suggestion("y += 1"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "ctx", "echo", "expected"),
+    [c[1:] for c in PIPELINE_CASES],
+    ids=[c[0] for c in PIPELINE_CASES],
+)
+def test_postprocess(raw: str, ctx: PostContext, echo: bool, expected: Suggestion | None) -> None:
+    assert postprocess(raw, ctx, echo_prefix=echo) == expected
+
+
+def test_echo_is_only_stripped_in_partial_mode() -> None:
+    ctx = PostContext("def f(x):\n    return fo", "\n", "python")
+    assert postprocess("return fo(x)", ctx) == Suggestion("return fo(x)")
+    assert postprocess("return fo(x)", ctx, echo_prefix=True) == Suggestion("(x)")
+
+
+def test_pipeline_subsets() -> None:
+    raw = "return a + b\n\nprint(add(3,4))\n<|endoftext|>"
+    only_tokens = run_filters(raw, PY_ADD, (PIPELINE[0],))
+    assert only_tokens == Suggestion("return a + b\n\nprint(add(3,4))\n")
+    assert run_filters(raw, PY_ADD) == Suggestion("return a + b")
+    assert len(set(PIPELINE)) == len(PIPELINE)
+    assert PIPELINE.index(cut_special_tokens) == 0
+
+
+# stream_should_stop -------------------------------------------------------------------------
+
+STREAM_CASES = [
+    ("special-token", "return a<|endoftext|>", PY_ADD, True),
+    ("fence-after-code", "return a + b\n```", PY_ADD, True),
+    ("leading-fence-not-yet", "```python\n", PY_ADD, False),
+    ("single-line-newline", "a + b\n", ctx_with(PY_ADD, multiline=False), True),
+    ("single-line-still-typing", "a + b", ctx_with(PY_ADD, multiline=False), False),
+    ("single-line-leading-newline", "\n        ", ctx_with(PY_IF, multiline=False), False),
+    (
+        "single-line-after-leading-newline",
+        "\n        return x\n",
+        ctx_with(PY_IF, multiline=False),
+        True,
+    ),
+    ("single-line-mid-line-empty-first", "\n", PostContext("x = ", "\n", multiline=False), True),
+    ("dedent-complete-line", "return a + b\n\nprint(add(3,4))\n", PY_ADD, True),
+    ("dedent-partial-line", "return a + b\n\npr", PY_ADD, True),
+    ("dedent-maybe-else", "return 1\n    el", PY_IF, False),
+    ("closing-brace", "return 1;\n  }", JS_IF, True),
+    ("own-brace-continues", "if (y) {\n      g();\n    }", JS_IF, False),
+    ("blank-at-base-level", "z = y + 1\n\n", PY_BODY, True),
+    ("copies-next-line", "z = y\n    return y\n", PY_BODY, True),
+    ("repetition-loop", "log(x)\n    log(x)\n    log(x)\n", PY_BODY, True),
+    ("body-in-progress", "for v in xs:\n        y += v\n", PY_BODY, False),
+    ("first-line-in-progress", "return a +", PY_ADD, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "ctx", "expected"), [c[1:] for c in STREAM_CASES], ids=[c[0] for c in STREAM_CASES]
+)
+def test_stream_should_stop(text: str, ctx: PostContext, expected: bool) -> None:
+    assert stream_should_stop(text, ctx) is expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "ctx", "echo", "expected"),
+    [c[1:] for c in PIPELINE_CASES],
+    ids=[c[0] for c in PIPELINE_CASES],
+)
+def test_early_stop_keeps_the_result(
+    raw: str, ctx: PostContext, echo: bool, expected: Suggestion | None
+) -> None:
+    # Feeding the raw output character by character and closing the stream at
+    # the first stop signal must give the same suggestion as the full output.
+    for end in range(1, len(raw) + 1):
+        if stream_should_stop(raw[:end], ctx):
+            assert postprocess(raw[:end], ctx, echo_prefix=echo) == expected
+            return
+    assert postprocess(raw, ctx, echo_prefix=echo) == expected
