@@ -70,6 +70,7 @@ class _Flight:
         self.sent = False  # upstream request started (debounce over)
         self.waiters = 0
         self.task: asyncio.Task[Suggestion | None] | None = None
+        self.post_time = 0.0  # seconds spent post-processing this flight's text
 
     def release(self) -> None:
         self.waiters -= 1
@@ -79,7 +80,6 @@ class _Flight:
 
 @dataclass
 class _DocState:
-    seq: int = 0
     last_request: float | None = None
     gaps: deque[float] = field(default_factory=lambda: deque(maxlen=20))
     flight: _Flight | None = None
@@ -156,8 +156,6 @@ class Engine:
             if gap < 1.0:
                 state.gaps.append(gap)
         state.last_request = started
-        state.seq += 1
-        seq = state.seq
 
         hit = self.cache.get(ctx.prefix, ctx.suffix)
         if hit is not None:
@@ -205,8 +203,10 @@ class Engine:
                 raise
             return None  # the flight was superseded by a newer request
         flight.waiters -= 1
+        # Each answer is charged the flight's post-processing time as well.
+        timing.busy += flight.post_time
         t = time.perf_counter()
-        if result is None or seq != state.seq and not typed and flight.ctx is not ctx:
+        if result is None:
             timing.add(t)
             return None
         if typed:
@@ -226,7 +226,9 @@ class Engine:
     def _attachable(self, flight: _Flight, ctx: CompletionContext) -> str | None:
         """Characters typed since the flight's context, if ``ctx`` may share it."""
         old = flight.ctx
-        if ctx.suffix != old.suffix or ctx.multiline != old.multiline:
+        # A multi-line flight also serves a single-line request (its first
+        # line is what that request would have produced), not the reverse.
+        if ctx.suffix != old.suffix or (ctx.multiline and not old.multiline):
             return None
         if ctx.prefix == old.prefix:
             return ""
@@ -330,7 +332,7 @@ class Engine:
         )
         if suggestion is not None:
             self.cache.put(flight.ctx.prefix, flight.ctx.suffix, suggestion)
-        self.stats.record_overhead_part(time.perf_counter() - t)
+        flight.post_time = time.perf_counter() - t
         return suggestion
 
     def _account(self, request: Any, text: str, usage: Usage | None) -> None:

@@ -59,10 +59,6 @@ class Stats:
     def record_overhead(self, seconds: float) -> None:
         self.overhead.append(seconds)
 
-    def record_overhead_part(self, seconds: float) -> None:
-        # Post-processing runs once per flight, outside any one request's timing.
-        self.overhead.append(seconds)
-
     def snapshot(self) -> dict[str, Any]:
         def pct(d: deque[float]) -> dict[str, float | None]:
             return {"p50": _ms(percentile(d, 0.5)), "p95": _ms(percentile(d, 0.95)),
