@@ -1,0 +1,99 @@
+"""The qwen-lsp command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from qwen_lsp import __version__
+from tests.fake_upstream import FakeUpstream, Reply
+from tests.harness import openai_env, server_env
+
+# Runs the CLI with llama_cpp hidden from the import system, as on a machine
+# without the local extra.
+NO_LOCAL = (
+    "import sys; sys.modules['llama_cpp'] = None; "
+    "from qwen_lsp.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def _run(args: list[str], env: dict[str, str], *, hide_local: bool = False,
+         cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-c", NO_LOCAL, *args] if hide_local else [
+        sys.executable, "-m", "qwen_lsp", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False,
+                          cwd=cwd)
+
+
+def _sample(tmp_path: Path) -> Path:
+    f = tmp_path / "calc.py"
+    f.write_text("def add(a, b):\n    \n\nprint(add(1, 2))\n", encoding="utf-8")
+    return f
+
+
+def test_version(tmp_path) -> None:
+    res = _run(["--version"], server_env(tmp_path))
+    assert res.returncode == 0 and res.stdout.strip() == f"qwen-lsp {__version__}"
+
+
+def test_complete_prints_the_upstream_completion(tmp_path) -> None:
+    f = _sample(tmp_path)
+    with FakeUpstream(Reply(text="return a + b\n\nprint(add(3, 4))\n")) as fake:
+        res = _run(["complete", f"{f}:2:5"], openai_env(tmp_path, fake.openai_base))
+    assert res.returncode == 0, res.stderr
+    # Post-processed: the copy of the code below the cursor is gone.
+    assert res.stdout == "return a + b\n"
+    body = next(r for r in fake.requests if r.method == "POST").json
+    assert body["prompt"] == ("<|fim_prefix|>def add(a, b):<|fim_suffix|>\n\nprint(add(1, 2))"
+                              "\n<|fim_middle|>")
+
+
+def test_complete_exits_1_when_there_is_nothing(tmp_path) -> None:
+    f = _sample(tmp_path)
+    with FakeUpstream(Reply(text="   ")) as fake:
+        res = _run(["complete", f"{f}:2:5"], openai_env(tmp_path, fake.openai_base))
+    assert res.returncode == 1 and res.stdout == ""
+
+
+def test_complete_exits_2_on_errors(tmp_path) -> None:
+    f = _sample(tmp_path)
+    env = openai_env(tmp_path, "http://127.0.0.1:9/v1")  # nothing listens on port 9
+    bad = [
+        ["complete", f"{f}:x:1"],
+        ["complete", f"{tmp_path / 'missing.py'}:1:1"],
+        ["complete", f"{f}:99:1"],
+        ["complete", f"{f}:2:5"],  # connection refused
+    ]
+    for args in bad:
+        res = _run(args, env)
+        assert res.returncode == 2, (args, res.stdout, res.stderr)
+        assert res.stdout == "" and res.stderr.startswith("qwen-lsp: "), args
+
+
+def test_check_fails_clearly_without_key_or_local_engine(tmp_path) -> None:
+    res = _run(["check"], server_env(tmp_path), hide_local=True)
+    assert res.returncode != 0
+    assert "DASHSCOPE_API_KEY" in res.stderr and 'pip install "qwen-lsp[local]"' in res.stderr
+
+
+def test_check_reports_settings_redacted_and_a_working_upstream(tmp_path) -> None:
+    key = "sk-check-secret-123456789"
+    with FakeUpstream(Reply(text="a + b")) as fake:
+        env = server_env(tmp_path, DASHSCOPE_API_KEY=key, QWEN_LSP_BASE_URL=fake.openai_base)
+        res = _run(["check"], env)
+    assert res.returncode == 0, res.stderr
+    assert key not in res.stdout + res.stderr
+    assert '"provider": "dashscope"' in res.stdout and "ok:" in res.stdout
+    post = next(r for r in fake.requests if r.method == "POST")
+    assert post.path.endswith("/chat/completions")
+    assert post.json["messages"][-1]["partial"] is True
+
+
+def test_check_fails_with_the_cause_on_a_rejected_key(tmp_path) -> None:
+    with FakeUpstream(Reply(status=401)) as fake:
+        env = server_env(tmp_path, DASHSCOPE_API_KEY="sk-wrong-000000",
+                         QWEN_LSP_BASE_URL=fake.openai_base)
+        res = _run(["check"], env)
+    assert res.returncode == 2
+    assert "region" in res.stderr and "sk-wrong-000000" not in res.stderr

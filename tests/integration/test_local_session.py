@@ -1,0 +1,44 @@
+"""An editor session with no API key: completions come from the local engine."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import psutil
+import pytest
+
+from tests.harness import inline, open_doc, server_env, start_client, stop_client
+
+pytestmark = [
+    pytest.mark.local_model,
+    pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                       reason="llama-cpp-python is not installed (pip install 'qwen-lsp[local]')"),
+]
+
+
+async def test_inline_completion_from_the_local_engine_without_a_key(tmp_path) -> None:
+    uri = "file:///work/proj/calc.py"
+    client = await start_client(server_env(tmp_path))  # no key, no provider: local
+    children: list[int] = []
+    try:
+        open_doc(client, uri, "def add(a, b):\n    \n\nprint(add(1, 2))\n")
+        res = await inline(client, uri, 1, 4)
+        status = await client.workspace_execute_command_async(
+            __import__("lsprotocol").types.ExecuteCommandParams(command="qwen.status"))
+        engine = status["localEngine"]
+        children = [engine["pid"]] if engine and engine.get("pid") else []
+    finally:
+        await stop_client(client)
+    assert status["settings"]["provider"] == "local"
+    assert res is not None and res.items, "the local engine produced no completion"
+    text = res.items[0].insert_text
+    assert "a + b" in text.replace("a+b", "a + b")
+    assert "print(add" not in text  # post-processing cut the copy of the suffix
+    assert children, "the server did not report the engine's pid"
+    for pid in children:
+        try:
+            proc = psutil.Process(pid)
+            proc.wait(timeout=15)
+        except psutil.NoSuchProcess:
+            pass
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
