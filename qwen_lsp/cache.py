@@ -61,7 +61,8 @@ class CompletionCache:
             return CacheHit(hit, 0)
         limit = min(MAX_TYPED_THROUGH, len(prefix))
         for k in range(1, limit + 1):
-            entry = self._entries.get(_key(prefix[:-k], suffix))
+            # Slice only the key's window, not the whole prefix, at each step.
+            entry = self._entries.get(_key(prefix[-(KEY_PREFIX_CHARS + k) : -k], suffix))
             if entry is None:
                 continue
             typed = prefix[-k:]

@@ -152,8 +152,24 @@ class Document:
         b = self.offset_at(end[0], end[1], encoding, strict=False)
         if b < a:
             raise PositionError(f"range end {end} is before its start {start}")
-        self.text = self.text[:a] + new_text + self.text[b:]
-        self._starts = None
+        old = self.text
+        self.text = old[:a] + new_text + old[b:]
+        self._starts = self._shift_starts(old, a, b, new_text)
+
+    def _shift_starts(self, old: str, a: int, b: int, new_text: str) -> list[int] | None:
+        """Line starts after replacing old[a:b], without rescanning the text.
+
+        Falls back to a rescan (None) when a ``\r`` is near the edit, where a
+        ``\r\n`` pair could be split or joined.
+        """
+        starts = self._starts
+        if starts is None or "\r" in new_text or old[a - 1 : a] == "\r" or "\r" in old[a:b + 1]:
+            return None
+        delta = len(new_text) - (b - a)
+        lo = bisect.bisect_right(starts, a)  # starts[:lo] are <= a: unchanged
+        hi = bisect.bisect_right(starts, b, lo)  # starts[lo:hi] lie inside the removed text
+        inserted = [a + i + 1 for i, ch in enumerate(new_text) if ch == "\n"]
+        return starts[:lo] + inserted + [s + delta for s in starts[hi:]]
 
 
 class DocumentStore:

@@ -73,6 +73,7 @@ class QwenProtocol(LanguageServerProtocol):
     ) -> Generator[Any, Any, None]:
         uri = params.text_document.uri
         self._server.documents.close(uri)
+        self._server._files.pop(uri, None)
         if self._server.engine is not None:
             self._server.engine.forget(uri)
         yield from ()
@@ -103,6 +104,7 @@ class QwenServer(LanguageServer):
         )
         self.neighbours = Neighbours()
         self._desynced: set[str] = set()
+        self._files: dict[str, tuple[str, bool]] = {}
         # Set once the first workspace/configuration answer is in (or known
         # not to come), so the first completion uses the user's settings.
         self.config_ready = asyncio.Event()
@@ -118,6 +120,7 @@ class QwenServer(LanguageServer):
         )
         self.settings = settings
         self.backend.settings = settings
+        self._files.clear()
         self.problems = problems
         if problems:
             self.notifier.problems(problems)
@@ -205,10 +208,8 @@ class QwenServer(LanguageServer):
         except PositionError:
             return None
         s = self.settings
-        path = _uri_path(uri)
-        rel = self._relative(path) if path else _display_name(uri)
-        if path and is_excluded(path, s.exclude, root=self.root,
-                                respect_gitignore=s.respect_gitignore):
+        rel, excluded = self._file_info(uri)
+        if excluded:
             return None
         snippets = ()
         if s.cross_file:
@@ -245,6 +246,19 @@ class QwenServer(LanguageServer):
         if suggestion is None or not current():
             return None
         return doc, suggestion, offset, timing
+
+    def _file_info(self, uri: str) -> tuple[str, bool]:
+        """(path shown to the model, excluded?) per URI, computed once per settings."""
+        info = self._files.get(uri)
+        if info is None:
+            s = self.settings
+            path = _uri_path(uri)
+            rel = self._relative(path) if path else _display_name(uri)
+            excluded = bool(path) and is_excluded(
+                path, s.exclude, root=self.root, respect_gitignore=s.respect_gitignore
+            )
+            info = self._files[uri] = (rel, excluded)
+        return info
 
     def _relative(self, path: str) -> str:
         if self.root:
