@@ -42,3 +42,31 @@ async def test_inline_completion_from_the_local_engine_without_a_key(tmp_path) -
         except psutil.NoSuchProcess:
             pass
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+async def test_engine_dies_when_the_language_server_is_killed(tmp_path) -> None:
+    """SIGKILL gives the server no chance to clean up: the child must notice."""
+    from lsprotocol import types
+
+    uri = "file:///work/proj/calc.py"
+    client = await start_client(server_env(tmp_path))
+    server = client._server  # the qwen-lsp process pytest-lsp started
+    assert server is not None
+    open_doc(client, uri, "def add(a, b):\n    \n")
+    await inline(client, uri, 1, 4)  # makes sure the engine is up
+    status = await client.workspace_execute_command_async(
+        types.ExecuteCommandParams(command="qwen.status"))
+    pid = status["localEngine"]["pid"]
+    assert psutil.pid_exists(pid)
+    server.kill()
+    await server.wait()
+    try:
+        psutil.Process(pid).wait(timeout=20)
+    except psutil.NoSuchProcess:
+        pass
+    gone = not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    try:
+        await client.stop()
+    except Exception:  # noqa: BLE001 - the server is already dead
+        pass
+    assert gone, "the llama server outlived the killed language server"
