@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 
 import psutil
@@ -65,8 +66,6 @@ async def test_engine_dies_when_the_language_server_is_killed(tmp_path) -> None:
     except psutil.NoSuchProcess:
         pass
     gone = not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    try:
+    with contextlib.suppress(Exception):  # the server is already dead
         await client.stop()
-    except Exception:  # noqa: BLE001 - the server is already dead
-        pass
     assert gone, "the llama server outlived the killed language server"
