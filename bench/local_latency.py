@@ -1,0 +1,128 @@
+"""First-run and warm latency of the embedded local engine, measured end to end.
+
+Rows:
+* CLI, first run: `qwen-lsp complete` with an empty model cache (assembles and
+  verifies the 491 MB model, starts llama.cpp's server, completes).
+* CLI, warm cache: the same with the model already assembled (the engine still
+  starts per invocation).
+* Editor session: from starting `qwen-lsp` over stdio to the first inline
+  completion, then further completions at other positions with the engine up.
+
+Run: python bench/local_latency.py [--runs 3]
+Writes its table to BENCHMARKS.md between the local-latency markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.harness import inline, open_doc, server_env, start_client, stop_client  # noqa: E402
+
+SAMPLE = ROOT / "examples" / "sample.py"
+START, END = "<!-- local-latency:start -->", "<!-- local-latency:end -->"
+
+
+def _cli(cache_home: Path) -> float:
+    env = server_env(Path(tempfile.mkdtemp()), XDG_CACHE_HOME=str(cache_home))
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "qwen_lsp", "complete", f"{SAMPLE}:5:5"],
+                         env=env, capture_output=True, text=True, timeout=600, check=False)
+    elapsed = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise SystemExit(f"complete failed ({res.returncode}): {res.stderr[-500:]}")
+    return elapsed
+
+
+SNIPPETS = [
+    ("def add(a, b):\n    \n", 1, 4),
+    ("def is_even(n):\n    return \n", 1, 11),
+    ("import os\n\n\ndef home():\n    return os.\n", 4, 14),
+    ("class Point:\n    def __init__(self, x, y):\n        self.x = x\n        \n", 3, 8),
+    ("def area(w, h):\n    \n", 1, 4),
+]
+
+
+async def _session(cache_home: Path) -> tuple[float, list[float]]:
+    env = server_env(Path(tempfile.mkdtemp()), XDG_CACHE_HOME=str(cache_home))
+    t0 = time.perf_counter()
+    client = await start_client(env)
+    try:
+        first = None
+        warm: list[float] = []
+        for i, (text, line, col) in enumerate(SNIPPETS):
+            uri = f"file:///bench/local_{i}.py"
+            open_doc(client, uri, text)
+            t = time.perf_counter()
+            res = await inline(client, uri, line, col)
+            if first is None:
+                first = time.perf_counter() - t0
+            else:
+                warm.append(time.perf_counter() - t)
+            if not res or not res.items:
+                print(f"warning: no completion for snippet {i}", file=sys.stderr)
+    finally:
+        await stop_client(client)
+    assert first is not None
+    return first, warm
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    shared_cache = Path(tempfile.mkdtemp(prefix="qwen-bench-cache-"))
+    firsts = [_cli(Path(tempfile.mkdtemp(prefix="qwen-bench-fresh-"))) for _ in range(args.runs)]
+    _cli(shared_cache)  # assemble once for the warm runs
+    warms = [_cli(shared_cache) for _ in range(args.runs)]
+    session_first, session_warm = asyncio.run(_session(shared_cache))
+    med = statistics.median
+    rows = [
+        ("CLI `qwen-lsp complete`, first run (empty model cache)", med(firsts), min(firsts),
+         max(firsts), len(firsts)),
+        ("CLI `qwen-lsp complete`, model cached (engine starts per run)", med(warms), min(warms),
+         max(warms), len(warms)),
+        ("Editor session: server start to first inline completion", session_first,
+         session_first, session_first, 1),
+        ("Editor session: later completions, engine warm", med(session_warm), min(session_warm),
+         max(session_warm), len(session_warm)),
+    ]
+    cpu = os.cpu_count()
+    lines = [
+        START,
+        "## Local engine latency",
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d} on {platform.machine()}, {cpu} cores, "
+        "Qwen2.5-Coder-0.5B Q4_K_M through llama-cpp-python's server. "
+        "Rerun: `python bench/local_latency.py`.",
+        "",
+        "| what | median s | min s | max s | runs |",
+        "| --- | --- | --- | --- | --- |",
+        *[f"| {n} | {a:.2f} | {b:.2f} | {c:.2f} | {k} |" for n, a, b, c, k in rows],
+        END,
+    ]
+    table = "\n".join(lines)
+    print(table)
+    path = ROOT / "BENCHMARKS.md"
+    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    if START in old and END in old:
+        new = old[: old.index(START)] + table + old[old.index(END) + len(END):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + table + "\n"
+    path.write_text(new, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
