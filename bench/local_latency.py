@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness import inline, open_doc, server_env, start_client, stop_client  # noqa: E402
+from tests.harness import inline, open_doc, server_env, start_client, stop_client
 
 SAMPLE = ROOT / "examples" / "sample.py"
 START, END = "<!-- local-latency:start -->", "<!-- local-latency:end -->"
