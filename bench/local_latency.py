@@ -104,9 +104,11 @@ def main() -> None:
         START,
         "## Local engine latency",
         "",
-        f"Measured {datetime.now(UTC):%Y-%m-%d} on {platform.machine()}, {cpu} cores, "
-        "Qwen2.5-Coder-0.5B Q4_K_M through llama-cpp-python's server. "
-        "Rerun: `python bench/local_latency.py`.",
+        (
+            f"Measured {datetime.now(UTC):%Y-%m-%d} on {platform.machine()}, {cpu} cores, "
+            "Qwen2.5-Coder-0.5B Q4_K_M through llama-cpp-python's server. "
+            "Rerun: `python bench/local_latency.py`."
+        ),
         "",
         "| what | median s | min s | max s | runs |",
         "| --- | --- | --- | --- | --- |",
