@@ -97,3 +97,58 @@ def test_check_fails_with_the_cause_on_a_rejected_key(tmp_path) -> None:
         res = _run(["check"], env)
     assert res.returncode == 2
     assert "region" in res.stderr and "sk-wrong-000000" not in res.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_over_tcp_answers_initialize(tmp_path) -> None:
+    import json
+    import socket
+    import time
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qwen_lsp", "serve", "--tcp", "--host", "127.0.0.1",
+         "--port", str(port)],
+        env=openai_env(tmp_path, "http://127.0.0.1:9/v1"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                           "params": {"processId": None, "rootUri": None,
+                                      "capabilities": {}}}).encode()
+        conn.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, rest = data.split(b"\r\n\r\n", 1)
+        fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n"))
+        length = int(fields[b"Content-Length"])
+        while len(rest) < length:
+            rest += conn.recv(65536)
+        reply = json.loads(rest[:length])
+        conn.close()
+    finally:
+        proc.kill()
+        proc.wait(10)
+    caps = reply["result"]["capabilities"]
+    assert reply["result"]["serverInfo"]["name"] == "qwen-lsp"
+    assert caps["inlineCompletionProvider"] is not None
+    assert caps["completionProvider"]["triggerCharacters"]
+    assert caps["textDocumentSync"]["change"] == 2  # incremental
+    assert "qwen.stats" in caps["executeCommandProvider"]["commands"]
