@@ -218,7 +218,9 @@ class LocalEngine:
         loop = asyncio.get_running_loop()
 
         def forward(message: str, fraction: float | None) -> None:
-            loop.call_soon_threadsafe(callback, message, fraction)
+            # Assembly is the first 80% of start-up; launching the engine ends it.
+            scaled = None if fraction is None else 0.8 * fraction
+            loop.call_soon_threadsafe(callback, message, scaled)
 
         return forward
 
@@ -227,6 +229,8 @@ class LocalEngine:
         key = secrets.token_urlsafe(32)
         self._port, self._key = port, key
         self._emit(f"starting local engine on 127.0.0.1:{port} with {model.name}")
+        if self._progress is not None:
+            self._progress("starting the local engine", 0.85)
         env = _child_environment(key)
         started = time.monotonic()
         log_offset, log_file = self._open_log(port)
@@ -248,6 +252,8 @@ class LocalEngine:
         self._state = "ready"
         self._last_error = None
         self._emit(f"local engine ready (pid {self._proc.pid}, {time.monotonic() - started:.1f} s)")
+        if self._progress is not None:
+            self._progress("local engine ready", 1.0)
         self._watch_task = asyncio.get_running_loop().create_task(self._watch(self._proc))
         return self._base_url(port), key
 
@@ -351,6 +357,8 @@ class LocalEngine:
         self._state = "failed"
         self._last_error = message
         self._emit(message)
+        if self._progress is not None:
+            self._progress("local engine failed to start", 1.0)
 
     def _emit(self, message: str) -> None:
         if self._log is not None:

@@ -69,3 +69,23 @@ async def test_engine_dies_when_the_language_server_is_killed(tmp_path) -> None:
     with contextlib.suppress(Exception):  # the server is already dead
         await client.stop()
     assert gone, "the llama server outlived the killed language server"
+
+
+async def test_engine_start_is_reported_as_work_done_progress(tmp_path) -> None:
+    """A fresh model cache: assembly and start show as one progress sequence."""
+    uri = "file:///work/proj/calc.py"
+    env = server_env(tmp_path, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    client = await start_client(env, capabilities="visual_studio_code@v1.65.2")
+    try:
+        open_doc(client, uri, "def add(a, b):\n    \n")
+        res = await inline(client, uri, 1, 4)
+    finally:
+        await stop_client(client)
+    assert res is not None and res.items
+    assert (tmp_path / "cache" / "qwen-lsp" / "models").is_dir()
+    reports = [r for token_reports in client.progress_reports.values() for r in token_reports]
+    kinds = [type(r).__name__ for r in reports]
+    assert kinds[0] == "WorkDoneProgressBegin" and kinds[-1] == "WorkDoneProgressEnd", kinds
+    percentages = [r.percentage for r in reports if getattr(r, "percentage", None) is not None]
+    assert percentages == sorted(percentages) and percentages[-1] >= 80
+    assert "ready" in reports[-1].message
