@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,12 @@ from qwen_lsp.providers.base import Provider, TextDelta, UpstreamError, Usage
 from qwen_lsp.stats import Stats
 
 ProviderSource = Callable[[], Awaitable[Provider]]
+log = logging.getLogger("qwen_lsp")
+
+GAP_QUANTILE = 0.9
+# A multi-line flight answers its waiters with the complete lines it has after
+# this long, then keeps streaming to fill the cache with the whole block.
+EARLY_ANSWER_S = 0.4
 
 
 @dataclass
@@ -70,6 +77,10 @@ class _Flight:
         self.sent = False  # upstream request started (debounce over)
         self.waiters = 0
         self.task: asyncio.Task[Suggestion | None] | None = None
+        # What waiters get: the final suggestion, or complete lines early.
+        self.answer: asyncio.Future[Suggestion | None] = (
+            asyncio.get_running_loop().create_future()
+        )
         self.post_time = 0.0  # seconds spent post-processing this flight's text
 
     def release(self) -> None:
@@ -192,8 +203,7 @@ class Engine:
         flight.waiters += 1
         t = timing.add(t)
         try:
-            assert flight.task is not None
-            result = await asyncio.shield(flight.task)
+            result = await asyncio.shield(flight.answer)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -248,14 +258,18 @@ class Engine:
         lo, hi = cfg.debounce_min_ms / 1000.0, cfg.debounce_max_ms / 1000.0
         if not state.gaps:
             return lo  # no typing burst seen: the user has paused
-        recent = sorted(list(state.gaps)[-8:])
-        typical = recent[len(recent) // 2]
+        # Fire only at a real pause: wait a little longer than almost every
+        # recent gap between keystrokes (a high quantile, not the median, or
+        # a third of ordinary gaps would trigger a request that the next key
+        # cancels before its first token).
+        recent = sorted(list(state.gaps)[-12:])
+        slow_gap = recent[int(GAP_QUANTILE * (len(recent) - 1))]
         last = ctx.prefix[-1:] if ctx.prefix else ""
         # Mid-word the user is likely to keep typing; after punctuation, a
         # space or at a blank line a suggestion is most useful.
-        factor = 1.6 if last.isalnum() or last == "_" else 1.2
+        factor = 1.3 if last.isalnum() or last == "_" else 1.1
         latency = sum(self._latencies) / len(self._latencies) if self._latencies else 0.0
-        delay = typical * factor - 0.1 * latency
+        delay = slow_gap * factor - 0.1 * latency
         return max(lo, min(hi, delay))
 
     def _launch(self, state: _DocState, ctx: CompletionContext) -> _Flight:
@@ -266,6 +280,38 @@ class Engine:
         return flight
 
     async def _fly(self, flight: _Flight, delay: float) -> Suggestion | None:
+        try:
+            result = await self._fly_inner(flight, delay)
+        except asyncio.CancelledError:
+            if not flight.answer.done():
+                flight.answer.cancel()
+            raise
+        except Exception:  # a bug here must cost one suggestion, not the server
+            log.exception("completion flight failed")
+            result = None
+        if not flight.answer.done():
+            flight.answer.set_result(result)
+        return result
+
+    def _maybe_answer_early(self, flight: _Flight, sent_at: float) -> None:
+        if (
+            flight.answer.done()
+            or not flight.post.multiline
+            or self._clock() - sent_at < EARLY_ANSWER_S
+        ):
+            return
+        text = flight.text
+        cut = text.rfind("\n")
+        if cut <= 0 or not text[:cut].strip():
+            return
+        t = time.perf_counter()
+        early = postprocess(text[:cut], flight.post, echo_prefix=self.config.mode == "partial")
+        flight.post_time += time.perf_counter() - t
+        if early is not None:
+            self.stats.early_answers += 1
+            flight.answer.set_result(early)
+
+    async def _fly_inner(self, flight: _Flight, delay: float) -> Suggestion | None:
         if delay > 0:
             await asyncio.sleep(delay)
         if not flight.ctx.manual and not self.health.allow():
@@ -299,11 +345,18 @@ class Engine:
                         if stream_should_stop(flight.text, flight.post):
                             self.stats.early_stops += 1
                             break
+                        self._maybe_answer_early(flight, sent_at)
                     elif isinstance(event, Usage):
                         usage = event
         except TimeoutError:
             self.stats.timeboxed += 1
             flight.text = _complete_lines(flight.text, flight.post.multiline)
+            if first_token is None:
+                # Not a single token in the whole time box: the upstream is
+                # hanging, which the user and the breaker must hear about.
+                error = UpstreamError(
+                    "timeout", f"No answer from the upstream within {cfg.timeout_ms} ms "
+                    "(qwen.timeoutMs).")
         except UpstreamError as exc:
             error = exc
         finally:
@@ -332,7 +385,7 @@ class Engine:
         )
         if suggestion is not None:
             self.cache.put(flight.ctx.prefix, flight.ctx.suffix, suggestion)
-        flight.post_time = time.perf_counter() - t
+        flight.post_time += time.perf_counter() - t
         return suggestion
 
     def _account(self, request: Any, text: str, usage: Usage | None) -> None:

@@ -20,13 +20,22 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from lsprotocol import types
+from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol, lsp_method
 
 from qwen_lsp import __version__
 from qwen_lsp.backend import Backend
 from qwen_lsp.context import build_context, skip_reason
-from qwen_lsp.documents import UTF8, UTF16, UTF32, Document, DocumentStore, PositionError
+from qwen_lsp.documents import (
+    UTF8,
+    UTF16,
+    UTF32,
+    Document,
+    DocumentStore,
+    PositionError,
+    utf8_size_above,
+)
 from qwen_lsp.engine import Engine, EngineConfig, Timing
 from qwen_lsp.exclude import is_excluded
 from qwen_lsp.items import client_profile, completion_list, inline_items
@@ -37,6 +46,7 @@ from qwen_lsp.settings import NO_BACKEND_MESSAGE, Settings, load_settings
 
 log = logging.getLogger("qwen_lsp")
 
+TYPING_BURST_S = 1.0
 TRIGGER_CHARACTERS = [".", "(", "[", "{", ",", ":", "=", " ", "\n", "\t", ">", '"', "'"]
 _WORD_TAIL = re.compile(r"\w+$")
 _ENCODINGS = {
@@ -50,6 +60,17 @@ class QwenProtocol(LanguageServerProtocol):
     """Keeps documents in our own store instead of pygls' workspace copy."""
 
     _server: QwenServer
+
+    def structure_message(self, data: dict[str, Any]) -> Any:
+        try:
+            return super().structure_message(data)
+        except JsonRpcException as exc:
+            # pygls drops a request whose params do not parse, which leaves the
+            # editor waiting forever: answer it with the error (InvalidParams).
+            msg_id = data.get("id")
+            if "method" in data and isinstance(msg_id, (int, str)):
+                self._send_response(msg_id, None, exc.to_response_error())
+            raise
 
     @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
     def lsp_text_document__did_open(
@@ -74,6 +95,7 @@ class QwenProtocol(LanguageServerProtocol):
         uri = params.text_document.uri
         self._server.documents.close(uri)
         self._server._files.pop(uri, None)
+        self._server.last_completion.pop(uri, None)
         if self._server.engine is not None:
             self._server.engine.forget(uri)
         yield from ()
@@ -105,9 +127,17 @@ class QwenServer(LanguageServer):
         self.neighbours = Neighbours()
         self._desynced: set[str] = set()
         self._files: dict[str, tuple[str, bool]] = {}
+        self.last_completion: dict[str, float] = {}
         # Set once the first workspace/configuration answer is in (or known
         # not to come), so the first completion uses the user's settings.
         self.config_ready = asyncio.Event()
+
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        # pygls pops up "Error in server" for every malformed message a client
+        # sends; that belongs in the log, not in front of the user.
+        name = getattr(source, "__name__", str(source))
+        self.notifier.log(types.MessageType.Error,
+                          f"{name}: {type(error).__name__}: {str(error)[:300]}")
 
     # -- settings ----------------------------------------------------------------
     def reload_settings(self) -> None:
@@ -193,23 +223,39 @@ class QwenServer(LanguageServer):
     async def suggest(
         self, uri: str, position: types.Position, *, manual: bool
     ) -> tuple[Document, Any, int, Timing] | None:
+        """The suggestion at ``position``, or None; records server overhead."""
         if not self.config_ready.is_set():
             try:
                 await asyncio.wait_for(self.config_ready.wait(), 3.0)
             except TimeoutError:
                 self.config_ready.set()
         timing = Timing()
+        found = None
+        try:
+            found = await self._suggest(uri, position, manual, timing)
+            return found
+        finally:
+            # Answered requests are recorded by finish(), after item shaping.
+            if found is None and self.engine is not None:
+                self.engine.stats.record_overhead(timing.busy)
+
+    async def _suggest(
+        self, uri: str, position: types.Position, manual: bool, timing: Timing
+    ) -> tuple[Document, Any, int, Timing] | None:
         t = time.perf_counter()
         doc = self.documents.get(uri)
         if doc is None or uri in self._desynced or self.engine is None:
+            timing.add(t)
             return None
         try:
             offset = doc.offset_at(position.line, position.character, self.encoding, strict=True)
         except PositionError:
+            timing.add(t)
             return None
         s = self.settings
         rel, excluded = self._file_info(uri)
-        if excluded:
+        if excluded or utf8_size_above(doc.text, s.max_file_bytes):
+            timing.add(t)
             return None
         snippets = ()
         if s.cross_file:
@@ -231,6 +277,7 @@ class QwenServer(LanguageServer):
         )
         if skip_reason(ctx, untitled=not uri.startswith("file:")) is not None:
             self.engine.stats.skipped += 1
+            timing.add(t)
             return None
         version = doc.version
         t = timing.add(t)
@@ -364,8 +411,16 @@ def create_server() -> QwenServer:
         ls: QwenServer, params: types.CompletionParams
     ) -> types.CompletionList | None:
         ctx = params.context
-        manual = ctx is None or ctx.trigger_kind == types.CompletionTriggerKind.Invoked
-        found = await ls.suggest(params.text_document.uri, params.position, manual=manual)
+        uri = params.text_document.uri
+        # "Invoked" also covers completion while typing an identifier (Helix
+        # sends it on every word character): it counts as an explicit request
+        # only outside a burst of typing.
+        now = time.monotonic()
+        last = ls.last_completion.get(uri)
+        ls.last_completion[uri] = now
+        invoked = ctx is None or ctx.trigger_kind == types.CompletionTriggerKind.Invoked
+        manual = invoked and (last is None or now - last > TYPING_BURST_S)
+        found = await ls.suggest(uri, params.position, manual=manual)
         if found is None:
             return types.CompletionList(is_incomplete=True, items=[])
         doc, suggestion, offset, timing = found

@@ -33,6 +33,7 @@ class Stats:
     skipped: int = 0
     skipped_backoff: int = 0
     early_stops: int = 0
+    early_answers: int = 0
     timeboxed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -77,6 +78,7 @@ class Stats:
             "skipped": self.skipped,
             "skippedBackoff": self.skipped_backoff,
             "earlyStops": self.early_stops,
+            "earlyAnswers": self.early_answers,
             "timeboxed": self.timeboxed,
             "promptTokens": self.prompt_tokens,
             "completionTokens": self.completion_tokens,
