@@ -72,6 +72,19 @@ def units_to_column(line: str, units: int, encoding: str) -> int:
     return len(line)
 
 
+def utf8_size_above(text: str, limit: int) -> bool:
+    """True when ``text`` takes more than ``limit`` bytes as UTF-8.
+
+    Counting characters settles most cases without encoding anything: a
+    character takes one to four bytes.
+    """
+    if len(text) > limit:
+        return True
+    if len(text) * 4 <= limit:
+        return False
+    return len(text.encode("utf-8", "surrogatepass")) > limit
+
+
 @dataclass(slots=True)
 class Document:
     uri: str

@@ -129,6 +129,20 @@ def kind_for_code(code: str | None) -> str:
     return "server"
 
 
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def encode_body(body: dict[str, Any]) -> bytes:
+    """JSON as UTF-8. A document may hold lone surrogates (JSON-RPC can carry
+    "\\ud800", and files are read with surrogateescape); they cannot be sent
+    as UTF-8, so the upstream gets U+FFFD in their place."""
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8")
+
+
 class StreamingProvider:
     """Base class: client lifetime, request sending, SSE reading, errors."""
 
@@ -256,8 +270,13 @@ class StreamingProvider:
         """
         check_transport(self.base_url, self._api_key)
         client = self._http()
-        all_headers = {"Accept-Encoding": "identity", **self._auth_headers(), **headers}
-        request = client.build_request("POST", url, json=body, headers=all_headers)
+        all_headers = {
+            "Accept-Encoding": "identity",
+            "Content-Type": "application/json",
+            **self._auth_headers(),
+            **headers,
+        }
+        request = client.build_request("POST", url, content=encode_body(body), headers=all_headers)
         try:
             response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
