@@ -92,6 +92,17 @@ class Document:
     version: int = 0
     language_id: str = ""
     _starts: list[int] | None = field(default=None, repr=False)
+    _size_memo: tuple[int, int, int, bool] | None = field(default=None, repr=False)
+
+    def larger_than(self, limit: int) -> bool:
+        """Whether the UTF-8 text exceeds ``limit`` bytes (memoised per version)."""
+        key = (self.version, len(self.text), limit)
+        memo = self._size_memo
+        if memo is not None and memo[:3] == key:
+            return memo[3]
+        above = utf8_size_above(self.text, limit)
+        self._size_memo = (*key, above)
+        return above
 
     # -- lines ---------------------------------------------------------------
     @property

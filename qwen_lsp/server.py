@@ -34,7 +34,6 @@ from qwen_lsp.documents import (
     Document,
     DocumentStore,
     PositionError,
-    utf8_size_above,
 )
 from qwen_lsp.engine import Engine, EngineConfig, Timing
 from qwen_lsp.exclude import is_excluded
@@ -254,7 +253,7 @@ class QwenServer(LanguageServer):
             return None
         s = self.settings
         rel, excluded = self._file_info(uri)
-        if excluded or utf8_size_above(doc.text, s.max_file_bytes):
+        if excluded or doc.larger_than(s.max_file_bytes):
             timing.add(t)
             return None
         snippets = ()
@@ -455,6 +454,8 @@ def create_server() -> QwenServer:
         data["mode"] = ls.settings.effective_mode()
         data["model"] = ls.settings.model
         data["localEngine"] = ls.backend.describe()
+        # For leak checks: tasks alive on the server's loop (this one included).
+        data["asyncioTasks"] = len(asyncio.all_tasks())
         return data
 
     @ls.command("qwen.status")
