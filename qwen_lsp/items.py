@@ -116,11 +116,18 @@ def completion_list(
     else:
         new_text = full
         fmt = types.InsertTextFormat.PlainText
+    label = _label(full) or full.strip() or "…"
+    # Clients filter on filterText against the word typed before the cursor,
+    # so it must start with that word; when the suggestion begins with a line
+    # break there is nothing after the word on this line, so use the label.
+    filter_text = word + suggestion.text.split("\n", 1)[0]
+    if not filter_text.strip():
+        filter_text = label
     item = types.CompletionItem(
-        label=_label(full) or full.strip() or "…",
+        label=label,
         kind=types.CompletionItemKind.Text,
         detail="Qwen-Coder",
-        filter_text=word + suggestion.text.split("\n", 1)[0],
+        filter_text=filter_text,
         sort_text="0000",
         preselect=True,
         insert_text_format=fmt,

@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     key = os.environ.pop(KEY_ENV, None)
     _scrub_settings_environment()
     if key:
-        server_args = [*server_args, "--api_key", key]
+        # One token: a random key may start with "-", which argparse would
+        # take for an option if it stood alone.
+        server_args = [*server_args, f"--api_key={key}"]
     if not _want_extra_buffer_types():
         _disable_extra_buffer_types()
     sys.argv = ["llama_cpp.server", *server_args]

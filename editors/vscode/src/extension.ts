@@ -1,0 +1,97 @@
+// VS Code client for qwen-lsp: starts the server over stdio and lets
+// vscode-languageclient (>= 10.0.1, where inline completion is built in)
+// map textDocument/inlineCompletion and textDocument/completion onto the
+// editor. Settings under "qwen.*" reach the server through
+// workspace/configuration; the server pulls them again on every change.
+import * as vscode from 'vscode';
+import {
+  ExecuteCommandRequest,
+  LanguageClient,
+  LanguageClientOptions,
+  ServerOptions,
+  TransportKind,
+} from 'vscode-languageclient/node';
+
+let client: LanguageClient | undefined;
+let output: vscode.LogOutputChannel | undefined;
+
+function serverOptions(): ServerOptions {
+  const configured = vscode.workspace
+    .getConfiguration('qwenLsp')
+    .get<string[]>('serverCommand');
+  const argv = configured && configured.length > 0 ? configured : ['qwen-lsp'];
+  return { command: argv[0], args: argv.slice(1), transport: TransportKind.stdio };
+}
+
+function clientOptions(): LanguageClientOptions {
+  return {
+    // Every file on disk plus unsaved buffers; the server skips what it
+    // should not send upstream (see the "exclude" setting).
+    documentSelector: [{ scheme: 'file' }, { scheme: 'untitled' }],
+    synchronize: { configurationSection: 'qwen' },
+    outputChannel: output,
+  };
+}
+
+async function startClient(): Promise<void> {
+  client = new LanguageClient('qwen-lsp', 'Qwen LSP', serverOptions(), clientOptions());
+  await client.start();
+}
+
+async function stopClient(): Promise<void> {
+  const old = client;
+  client = undefined;
+  if (old) {
+    await old.stop();
+  }
+}
+
+async function runServerCommand(command: string): Promise<unknown> {
+  if (!client) {
+    throw new Error('the qwen-lsp server is not running');
+  }
+  return client.sendRequest(ExecuteCommandRequest.type, { command, arguments: [] });
+}
+
+async function showStatus(): Promise<void> {
+  try {
+    const [status, stats] = await Promise.all([
+      runServerCommand('qwen.status'),
+      runServerCommand('qwen.stats'),
+    ]);
+    output?.info('qwen.status: ' + JSON.stringify(status, null, 2));
+    output?.info('qwen.stats: ' + JSON.stringify(stats, null, 2));
+    output?.show(true);
+    const s = (stats ?? {}) as Record<string, unknown>;
+    void vscode.window.showInformationMessage(
+      `Qwen: provider ${String(s.provider)}, model ${String(s.model)}, mode ${String(s.mode)}` +
+        ' (details in the "Qwen LSP" output).',
+    );
+  } catch (err) {
+    void vscode.window.showErrorMessage(`Qwen: status failed: ${String(err)}`);
+  }
+}
+
+async function restart(): Promise<void> {
+  try {
+    await stopClient();
+    await startClient();
+    void vscode.window.showInformationMessage('Qwen: server restarted.');
+  } catch (err) {
+    void vscode.window.showErrorMessage(`Qwen: restart failed: ${String(err)}`);
+  }
+}
+
+export async function activate(context: vscode.ExtensionContext): Promise<void> {
+  output = vscode.window.createOutputChannel('Qwen LSP', { log: true });
+  context.subscriptions.push(
+    output,
+    vscode.commands.registerCommand('qwen.showStatus', showStatus),
+    vscode.commands.registerCommand('qwen.restart', restart),
+  );
+  await startClient();
+}
+
+export function deactivate(): Promise<void> {
+  return stopClient();
+}
