@@ -1,0 +1,1 @@
+"""Benchmarks of qwen-lsp (run as ``python -m bench.<name>``)."""
