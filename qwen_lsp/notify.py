@@ -102,7 +102,8 @@ class Notifier:
 
     def upstream_error(self, err: UpstreamError) -> None:
         fix = _FIXES.get(err.kind, "")
-        message = f"{err.message}" + (f" {fix}" if fix and fix not in err.message else "")
+        # Providers already name the fix for some errors ("Check the API key…").
+        message = err.message if "Check " in err.message or not fix else f"{err.message} {fix}"
         level = types.MessageType.Warning if err.kind in {
             "rate_limited", "timeout", "server", "connect", "protocol"
         } else types.MessageType.Error
