@@ -307,7 +307,7 @@ class Engine:
         t = time.perf_counter()
         early = postprocess(text[:cut], flight.post, echo_prefix=self.config.mode == "partial")
         flight.post_time += time.perf_counter() - t
-        if early is not None:
+        if early is not None and not _ends_open(early.text):
             self.stats.early_answers += 1
             flight.answer.set_result(early)
 
@@ -400,6 +400,28 @@ class Engine:
         self.stats.prompt_tokens += estimate_tokens(prompt)
         self.stats.completion_tokens += estimate_tokens(text)
         self.stats.estimated_usage += 1
+
+
+_OPENERS = ":{([,\\=+-*/|&<>"
+_PAIRS = {")": "(", "]": "[", "}": "{"}
+
+
+def _ends_open(text: str) -> bool:
+    """Would showing ``text`` alone leave a block or bracket open?
+
+    An early answer that stops after ``for x in y:`` or inside a call breaks
+    the code it lands in; those wait for the flight to finish instead.
+    """
+    last = text.rstrip().rsplit("\n", 1)[-1].rstrip()
+    if last.endswith(tuple(_OPENERS)):
+        return True
+    depth = 0
+    for ch in text:
+        if ch in "([{":
+            depth += 1
+        elif ch in _PAIRS:
+            depth -= 1
+    return depth > 0
 
 
 def _complete_lines(text: str, multiline: bool) -> str:
