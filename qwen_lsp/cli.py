@@ -122,7 +122,8 @@ async def _complete(location: str, language: str | None) -> int:
     ctx = build_context(
         text, offset, uri=doc.uri, path=path.name, language=language or language_for(path),
         version=0, context_tokens=settings.context_tokens,
-        multiline_setting=settings.multiline, manual=True,
+        multiline_setting=settings.multiline, manual=True, max_output_tokens=settings.max_tokens,
+        context_window=settings.context_size if settings.provider == "local" else None,
     )
     errors: list[UpstreamError] = []
     backend = Backend(settings, progress=_progress_line)

@@ -5,9 +5,10 @@ touches the network or LSP types.
 
 Two choices here decide latency and quality more than anything else:
 
-* The prefix window's first line is anchored to a multiple of
-  ``ANCHOR_LINES`` instead of sliding with every keystroke, so consecutive
-  prompts share their start byte for byte. llama.cpp then reuses its KV cache
+* The prefix window's first line is anchored to a multiple of a step
+  (``ANCHOR_LINES``, or less for small budgets: see :func:`anchor_step`)
+  instead of sliding with every keystroke, so consecutive prompts share
+  their start byte for byte. llama.cpp then reuses its KV cache
   (25 s -> 0.2 s on this machine) and DashScope bills the repeated part at 20%.
 * On a blank line the prompt ends the prefix at the end of the previous line
   and lets the model write ``"\\n" + line`` (about 9 points of exact match for
@@ -22,11 +23,19 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-ANCHOR_LINES = 32
+ANCHOR_LINES = 32  # coarsest anchoring step (large budgets)
+ASSUMED_LINE_CHARS = 40  # for choosing the step from a budget in characters
 SUFFIX_SHARE = 0.2
 CROSS_FILE_SHARE = 0.3
 MAX_SUFFIX_LINES = 48
-CHARS_PER_TOKEN = 3.2  # Qwen2.5 tokenizer on source code, see bench/calibrate notes in README
+# Characters per Qwen2.5 token, calibrated with the real tokenizer (the GGUF
+# vocabulary loaded by llama_cpp with vocab_only=True) on the first 20 kB of 40
+# random Python stdlib modules (546,150 chars -> 130,858 tokens: 4.17) and 40
+# random JS files bundled with npm (96,836 -> 25,233: 3.84). We use the lower
+# figure so that budgets err on the side of fewer real tokens. BENCHMARKS.md
+# has the command to redo it.
+CHARS_PER_TOKEN = 3.8
+PROMPT_OVERHEAD_TOKENS = 8  # FIM markers, path line and the like
 
 _CLOSERS = set(")]}>\"'`;:,. \t")
 _BLOCK_OPENERS = (":", "{", "(", "[", "=>", "->", " do", " then")
@@ -108,33 +117,85 @@ def detect_indent_unit(text: str) -> str:
     return " " * best if best in (2, 3, 4, 8) else "    "
 
 
+_HASH_COMMENT = frozenset({
+    "python", "shellscript", "sh", "bash", "zsh", "fish", "ruby", "perl", "yaml", "toml", "r",
+    "make", "makefile", "dockerfile", "elixir", "nim", "powershell", "julia", "coffeescript",
+})  # fmt: skip
+_DASH_COMMENT = frozenset({"lua", "sql", "haskell", "ada", "elm"})
+_NO_SLASH_COMMENT = _HASH_COMMENT | _DASH_COMMENT | frozenset({"html", "xml", "markdown", "css"})
+_BACKTICK_STRINGS = frozenset({
+    "javascript", "javascriptreact", "typescript", "typescriptreact", "go", "shellscript",
+    "sh", "bash", "zsh",
+})  # fmt: skip
+
+
 def _in_comment_or_string(line_prefix: str, language: str) -> bool:
-    """Rough lexer over the current line: is the cursor in a comment or string?"""
-    hash_comment = language in {
-        "python", "shellscript", "sh", "bash", "ruby", "perl", "yaml", "toml", "r", "make",
-        "dockerfile", "elixir", "nim",
-    }
+    """Rough lexer over the current line: is the cursor in a comment or string?
+
+    It only sees one line, so a cursor inside a multi-line string or block
+    comment that started earlier is not detected (the safe direction: such a
+    cursor is then usually mid-line or on a blank line).
+    """
+    lang = language.lower()
+    slash = lang not in _NO_SLASH_COMMENT  # "//" is floor division in Python
+    quotes = "\"'`" if lang in _BACKTICK_STRINGS else "\"'"
     quote: str | None = None
     i = 0
-    while i < len(line_prefix):
+    n = len(line_prefix)
+    while i < n:
         ch = line_prefix[i]
         if quote:
             if ch == "\\":
                 i += 2
                 continue
-            if ch == quote:
+            if line_prefix.startswith(quote, i):
+                i += len(quote)
                 quote = None
-        elif ch in "\"'`":
-            quote = ch
-        elif ch == "#" and hash_comment or line_prefix.startswith("//", i) or line_prefix.startswith("--", i) and language in {
-            "lua", "sql", "haskell"
-        }:
+                continue
+        elif ch in quotes:
+            if lang == "rust" and ch == "'" and not re.match(r"'(\\.|[^\\'])'", line_prefix[i:]):
+                i += 1  # a lifetime ('a), not a char literal
+                continue
+            triple = line_prefix[i : i + 3]
+            quote = triple if lang == "python" and triple in ('"""', "'''") else ch
+            i += len(quote)
+            continue
+        elif (ch == "#" and lang in _HASH_COMMENT) or (
+            slash and (line_prefix.startswith("//", i) or line_prefix.startswith("/*", i))
+        ) or (lang in _DASH_COMMENT and line_prefix.startswith("--", i)):
+            if line_prefix.startswith("/*", i):
+                end = line_prefix.find("*/", i + 2)
+                if end >= 0:
+                    i = end + 2
+                    continue
             return True
         i += 1
     return quote is not None
 
 
-def decide_multiline(line_prefix: str, line_suffix: str, language: str, setting: str) -> bool:
+def _opens_block(code: str, language: str) -> bool:
+    stripped = code.rstrip()
+    if language.lower() == "python" and stripped.endswith(","):
+        return False
+    return stripped.endswith(_BLOCK_OPENERS)
+
+
+def decide_multiline(
+    line_prefix: str,
+    line_suffix: str,
+    language: str,
+    setting: str,
+    *,
+    previous_line: str = "",
+) -> bool:
+    """Single or multi-line completion at this cursor.
+
+    Multi-line right after a block opener (``def f():|``, ``{|``) and on an
+    empty line inside a block (the line is indented, or the previous code line
+    opens a block or is itself indented). Single-line mid-line, inside
+    comments and strings, and on an empty top-level line. ``setting``
+    ("always"/"never") overrides all of this.
+    """
     if setting == "always":
         return True
     if setting == "never":
@@ -143,14 +204,29 @@ def decide_multiline(line_prefix: str, line_suffix: str, language: str, setting:
         return False  # mid-line: finish this line only
     if _in_comment_or_string(line_prefix, language):
         return False
-    stripped = line_prefix.rstrip()
-    if not stripped:
-        return True  # empty line: a block body or the next statement(s)
-    return stripped.endswith(_BLOCK_OPENERS)
+    if not line_prefix.strip():
+        if line_prefix:  # indented empty line: inside a block
+            return True
+        prev = previous_line.rstrip()
+        if not prev:
+            return False
+        if _in_comment_or_string(prev, language) and not prev.strip().startswith(("#", "//")):
+            return False
+        return _opens_block(prev, language) or prev[:1] in " \t"
+    return _opens_block(line_prefix, language)
+
+
+MAX_REST_CHARS = 3  # meaningful characters right of the cursor that still allow a request
 
 
 def skip_reason(ctx: CompletionContext, *, untitled: bool) -> str | None:
-    """Why an automatic request would not help, or None to go ahead."""
+    """Why an automatic request would not help, or None to go ahead.
+
+    Manual triggers always ask. Automatic ones skip an empty untitled buffer,
+    a cursor inside a word (``fo|o``), and a cursor followed by more than
+    MAX_REST_CHARS characters that are not closing brackets, quotes,
+    punctuation or spaces.
+    """
     if ctx.manual:
         return None
     if untitled and not (ctx.prefix.strip() or ctx.suffix.strip()):
@@ -159,17 +235,15 @@ def skip_reason(ctx: CompletionContext, *, untitled: bool) -> str | None:
     if rest and _WORD.match(rest[0]) and ctx.line_prefix and _WORD.match(ctx.line_prefix[-1]):
         return "cursor inside a word"
     meaningful = [c for c in rest if c not in _CLOSERS]
-    if len(meaningful) > 3:
+    if len(meaningful) > MAX_REST_CHARS:
         return "text right of the cursor"
     return None
 
 
 def _prefix_window(text: str, line_start: int, budget_chars: int) -> tuple[int, int]:
-    """Choose the prefix window's first line: (offset, line steps walked back).
+    """Walk back whole lines from ``line_start`` while they fit ``budget_chars``.
 
-    Walks back whole lines until the budget is spent, then moves the start
-    forward to the next multiple of ANCHOR_LINES (counted from the cursor's
-    line index), so the start changes only every ANCHOR_LINES lines.
+    Returns (offset of the first line, lines walked back).
     """
     pos = line_start
     walked = 0
@@ -183,6 +257,95 @@ def _prefix_window(text: str, line_start: int, budget_chars: int) -> tuple[int, 
         pos = prev
         walked += 1
     return pos, walked
+
+
+def anchor_step(prefix_chars: int) -> int:
+    """Lines between possible window starts: ANCHOR_LINES for large budgets, less for small.
+
+    Anchoring gives up to ``step - 1`` lines of the window, so a small budget
+    (512 tokens is about 40 lines) uses a finer step. The step depends on the
+    budget only, never on the text, so it is the same on every keystroke.
+    """
+    lines = prefix_chars // (4 * ASSUMED_LINE_CHARS)
+    step = 4
+    while step * 2 <= min(lines, ANCHOR_LINES):
+        step *= 2
+    return step
+
+
+def _anchor(text: str, start: int, line_start: int, step: int) -> tuple[int, int]:
+    """Move ``start`` forward to the next line whose index is a multiple of ``step``.
+
+    The window then starts at the same line for every cursor position within
+    ``step`` lines, so consecutive prompts share their start byte for byte.
+    Returns (offset, line index).
+    """
+    if start == 0:
+        return 0, 0
+    index = text.count("\n", 0, start)
+    anchored = math.ceil(index / step) * step
+    while index < anchored and start < line_start:
+        start = text.find("\n", start) + 1
+        index += 1
+    return start, index
+
+
+def _suffix_end(text: str, offset: int, line_end: int, budget_chars: int) -> int:
+    """End of the suffix window: whole lines after the cursor line, within budget."""
+    end = min(line_end, offset + budget_chars)  # a huge rest of line is cut
+    lines = 0
+    while end == line_end and end < len(text) and lines < MAX_SUFFIX_LINES:
+        nxt = text.find("\n", end + 1)
+        nxt = len(text) if nxt < 0 else nxt
+        if nxt - offset > budget_chars:
+            break
+        end = nxt
+        line_end = nxt
+        lines += 1
+    return end
+
+
+def _previous_line(text: str, line_start: int) -> str:
+    """The nearest non-blank line above the cursor line (at most 50 lines up)."""
+    pos = line_start
+    for _ in range(50):
+        if pos <= 0:
+            return ""
+        prev = text.rfind("\n", 0, pos - 1) + 1
+        line = text[prev : pos - 1].rstrip("\r")
+        if line.strip():
+            return line
+        pos = prev
+    return ""
+
+
+_INDENT_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def _indent_unit_cached(uri: str, version: int, text: str, window: str) -> str:
+    """detect_indent_unit over the window, cached per document version."""
+    key = (uri, version, len(text))
+    unit = _INDENT_CACHE.get(key)
+    if unit is None:
+        unit = detect_indent_unit(window)
+        if len(_INDENT_CACHE) > 256:
+            _INDENT_CACHE.clear()
+        _INDENT_CACHE[key] = unit
+    return unit
+
+
+def prompt_budget(
+    context_tokens: int, *, max_output_tokens: int = 0, context_window: int | None = None
+) -> int:
+    """Tokens the prompt may use: ``context_tokens``, less what the model window needs.
+
+    With a known model window (the local engine's n_ctx) the prompt plus the
+    output must fit in it; a few tokens are kept for the FIM markers.
+    """
+    budget = context_tokens - PROMPT_OVERHEAD_TOKENS
+    if context_window is not None:
+        budget = min(budget, context_window - max_output_tokens - PROMPT_OVERHEAD_TOKENS)
+    return max(0, budget)
 
 
 def build_context(
@@ -199,60 +362,64 @@ def build_context(
     repo_name: str = "",
     manual: bool = False,
     indent_unit: str | None = None,
+    max_output_tokens: int = 0,
+    context_window: int | None = None,
+    blank_line_layout: bool = True,
 ) -> CompletionContext:
-    """Cut the document around ``offset`` into a budgeted, anchored context."""
+    """Cut the document around ``offset`` into a budgeted, anchored context.
+
+    The budget (see :func:`prompt_budget`) is split: CROSS_FILE_SHARE for
+    other files when there are any, then of the rest SUFFIX_SHARE for the
+    text after the cursor and the remainder for the text before it. Both
+    windows end at line boundaries, except that a single line longer than its
+    whole share is cut inside the line. ``blank_line_layout=False`` keeps the
+    literal split at the cursor on blank lines (for measurements).
+    """
     offset = max(0, min(offset, len(text)))
     line_start = text.rfind("\n", 0, offset) + 1
     nl = text.find("\n", offset)
     line_end = len(text) if nl < 0 else nl
 
-    cross_budget = int(context_tokens * CROSS_FILE_SHARE) if snippets else 0
-    own = context_tokens - cross_budget
+    total = prompt_budget(
+        context_tokens, max_output_tokens=max_output_tokens, context_window=context_window
+    )
+    cross_budget = int(total * CROSS_FILE_SHARE) if snippets else 0
+    own = total - cross_budget
     suffix_chars = int(own * SUFFIX_SHARE * CHARS_PER_TOKEN)
     prefix_chars = int(own * CHARS_PER_TOKEN) - suffix_chars
 
-    # Lines above the cursor line: anchored window.
     cur_line_len = offset - line_start
-    budget = max(0, prefix_chars - cur_line_len)
-    start, _walked = _prefix_window(text, line_start, budget)
-    if start > 0:
-        # Line index of the cursor is needed for anchoring; count newlines up
-        # to `start` only once per call (cheap relative to the window).
-        start_line_idx = text.count("\n", 0, start)
-        anchored = math.ceil(start_line_idx / ANCHOR_LINES) * ANCHOR_LINES
-        while start_line_idx < anchored and start < line_start:
-            start = text.find("\n", start) + 1
-            start_line_idx += 1
+    if cur_line_len >= prefix_chars:
+        # One enormous line (minified code): no line boundary is in reach.
+        start, start_line_idx = offset - prefix_chars, text.count("\n", 0, line_start)
     else:
-        start_line_idx = 0
+        start, _walked = _prefix_window(text, line_start, prefix_chars - cur_line_len)
+        start, start_line_idx = _anchor(text, start, line_start, anchor_step(prefix_chars))
     prefix = text[start:offset]
-
-    # Suffix: whole lines up to the budget and a line cap.
-    end = line_end
-    lines = 0
-    while end < len(text) and lines < MAX_SUFFIX_LINES:
-        nxt = text.find("\n", end + 1)
-        nxt = len(text) if nxt < 0 else nxt
-        if nxt - offset > suffix_chars:
-            break
-        end = nxt
-        lines += 1
-    suffix = text[offset:end]
+    suffix = text[offset : _suffix_end(text, offset, line_end, suffix_chars)]
 
     line_prefix = text[line_start:offset]
     line_suffix = text[offset:line_end].rstrip("\r")
-    multiline = decide_multiline(line_prefix, line_suffix, language, multiline_setting)
+    multiline = decide_multiline(
+        line_prefix, line_suffix, language, multiline_setting,
+        previous_line=_previous_line(text, line_start),
+    )
 
     fim_prefix, fim_suffix = prefix, suffix
-    if not line_prefix.strip() and not line_suffix.strip() and line_start > start:
-        # Blank line: end the prompt's prefix at the end of the previous line.
+    blank = not line_prefix.strip() and not line_suffix.strip()
+    if blank_line_layout and blank and line_start > start:
+        # Blank line: end the prompt's prefix at the end of the previous line
+        # and let the model write "\n" + the line (measured: +9 points of
+        # exact match); post-processing fits newline and indentation back.
         cut = len(prefix) - len(line_prefix) - 1
         if cut > 0 and prefix[cut - 1] == "\r":
             cut -= 1
         fim_prefix = prefix[:cut]
-        fim_suffix = suffix[len(line_suffix):] if suffix.strip() else ""
-        fim_suffix = fim_suffix.lstrip("\r") if fim_suffix.startswith("\r") else fim_suffix
+        fim_suffix = suffix[len(line_suffix) :] if suffix.strip() else ""
+        fim_suffix = fim_suffix.removeprefix("\r")
 
+    window = prefix[-20000:] + suffix[:4000]
+    unit = indent_unit or _indent_unit_cached(uri, version, text, window)
     return CompletionContext(
         uri=uri,
         path=path,
@@ -264,7 +431,7 @@ def build_context(
         fim_prefix=fim_prefix,
         fim_suffix=fim_suffix,
         multiline=multiline,
-        indent_unit=indent_unit or detect_indent_unit(prefix[-20000:] + suffix[:4000]),
+        indent_unit=unit,
         snippets=tuple(fit_snippets(snippets, cross_budget, prefix + suffix)),
         repo_name=repo_name,
         manual=manual,
@@ -272,10 +439,18 @@ def build_context(
     )
 
 
-def fit_snippets(snippets: Sequence[Snippet], budget_tokens: int, window: str) -> list[Snippet]:
-    """Keep snippets in the given (stable) order while they fit the budget.
+def snippet_tokens(snip: Snippet) -> int:
+    """Estimated tokens of one rendered snippet: ``<|file_sep|>path\\ncontent``."""
+    return estimate_tokens(snip.text) + estimate_tokens(snip.path) + 2
 
-    A snippet whose text already appears inside the current window is dropped.
+
+def fit_snippets(snippets: Sequence[Snippet], budget_tokens: int, window: str) -> list[Snippet]:
+    """Keep the snippets that fit the budget, taken in priority (given) order.
+
+    A snippet whose text already appears inside the current window is
+    dropped; one that does not fit whole is cut at a line boundary when a
+    useful part (>= 200 chars) fits. The kept snippets are returned in path
+    order (stable sort), so the prompt does not depend on the scores.
     """
     kept: list[Snippet] = []
     used = 0
@@ -283,9 +458,7 @@ def fit_snippets(snippets: Sequence[Snippet], budget_tokens: int, window: str) -
         body = snip.text.strip()
         if not body or body in window:
             continue
-        cost = estimate_tokens(snip.text) + estimate_tokens(snip.path) + 2
-        if used + cost > budget_tokens:
-            # Cut at a line boundary rather than dropping a useful file whole.
+        if used + snippet_tokens(snip) > budget_tokens:
             room = (budget_tokens - used - estimate_tokens(snip.path) - 2) * CHARS_PER_TOKEN
             if room < 200:
                 continue
@@ -293,7 +466,6 @@ def fit_snippets(snippets: Sequence[Snippet], budget_tokens: int, window: str) -
             if cut <= 0:
                 continue
             snip = Snippet(snip.path, snip.text[: cut + 1])
-            cost = estimate_tokens(snip.text) + estimate_tokens(snip.path) + 2
         kept.append(snip)
-        used += cost
-    return kept
+        used += snippet_tokens(snip)
+    return sorted(kept, key=lambda sn: sn.path)

@@ -29,6 +29,7 @@ __all__ = [
     "Suggestion",
     "cut_repetition",
     "cut_special_tokens",
+    "drop_doubled_space",
     "drop_empty",
     "drop_suffix_copy",
     "fit_leading_newline",
@@ -315,10 +316,11 @@ def _pop_matching(stack: list[tuple[str, bool]], opener: str) -> tuple[str, bool
 
 
 @lru_cache(maxsize=64)
-def _suffix_closer_count(suffix: str, language: str, state: _LexState) -> int:
-    """How many brackets opened before the cursor the suffix closes."""
+def _suffix_closers(suffix: str, language: str, state: _LexState) -> str:
+    """The suffix's closers that close brackets opened before the cursor, in order."""
     kinds, _ = _classify(suffix, _syntax(language), state)
-    depth = unmatched = 0
+    depth = 0
+    unmatched: list[str] = []
     for i, ch in enumerate(suffix):
         if kinds[i] != "c":
             continue
@@ -328,8 +330,28 @@ def _suffix_closer_count(suffix: str, language: str, state: _LexState) -> int:
             if depth:
                 depth -= 1
             else:
-                unmatched += 1
-    return unmatched
+                unmatched.append(ch)
+    return "".join(unmatched)
+
+
+def _suffix_closer_count(
+    suffix: str, language: str, state: _LexState, stack: Sequence[tuple[str, bool]]
+) -> int:
+    """How many of the innermost open brackets the suffix closes.
+
+    The suffix closes brackets from the inside out, so its first unmatched
+    closer must fit the innermost opener, the next one the opener below, and
+    so on; counting stops at the first misfit. (A line deleted after the
+    cursor leaves an inner bracket open while later code closes outer ones;
+    a plain count would wrongly credit the suffix with closing the inner one.)
+    """
+    closers = _suffix_closers(suffix, language, state)
+    count = 0
+    for k, ch in enumerate(closers):
+        if k >= len(stack) or stack[-1 - k][0] != _CLOSERS[ch]:
+            break
+        count += 1
+    return count
 
 
 def _tab_width(ctx: PostContext) -> int:
@@ -414,6 +436,21 @@ def strip_prefix_echo(text: str, ctx: PostContext) -> str:
         for candidate in (tail, tail.lstrip()):
             if len(candidate.strip()) >= _ECHO_MIN_CHARS and text.startswith(candidate):
                 return text[len(candidate) :]
+    return text
+
+
+def drop_doubled_space(text: str, ctx: PostContext) -> str:
+    """Drop leading blanks of a completion when the cursor already follows a blank.
+
+    Models tokenise a prompt that ends in a space badly and often start their
+    answer with another one (partial mode: ``x = `` + `` foo``; on an indented
+    blank line the body comes out one column too deep). Only a single leading
+    space is dropped: a longer run may be a deliberate deeper indentation.
+    """
+    if ctx.line_prefix[-1:] in (" ", "\t") and text[:1] == " " and text[1:2] not in (
+        "", " ", "\t", "\n", "\r"
+    ):
+        return text[1:]
     return text
 
 
@@ -555,7 +592,7 @@ def _scope_cut(text: str, ctx: PostContext) -> _Cut | None:
     """Where the completion leaves the cursor's scope, or None."""
     info = _prefix_info(ctx.prefix, ctx.language)
     kinds, _ = _classify(text, _syntax(ctx.language), info.state)
-    suffix_closers = _suffix_closer_count(ctx.suffix, ctx.language, info.state)
+    suffix_closers = _suffix_closer_count(ctx.suffix, ctx.language, info.state, info.stack)
     stack = list(info.stack)
     own: list[str] = []  # brackets opened by the completion
     closed = 0  # prefix brackets the completion has closed so far
@@ -572,6 +609,10 @@ def _scope_cut(text: str, ctx: PostContext) -> _Cut | None:
     following = _next_nonblank(ctx, 1)
     suffix_level = _width(following[0], ctx) if following else None
     last_code_width: int | None = ref if first.strip() else None
+    # The cursor sits right after "(" or "[": multi-line is there for the
+    # arguments only, so the completion ends with the line that closes that
+    # bracket, unless the line opens a block ("if (a &&" -> "b) {").
+    call = ctx.line_prefix.rstrip().endswith(("(", "["))
 
     start = 0
     for idx, line in enumerate(lines):
@@ -593,6 +634,7 @@ def _scope_cut(text: str, ctx: PostContext) -> _Cut | None:
                 return _Cut(start - 1, "dedent")
             last_code_width = width
         stop_after = False
+        call_closed = False
         for j in range(start, end):
             ch = text[j]
             if kinds[j] != "c":
@@ -613,15 +655,31 @@ def _scope_cut(text: str, ctx: PostContext) -> _Cut | None:
             closed += 1
             inline = item[1]
             if idx == 0 and inline:
+                call_closed = call_closed or call
                 continue  # the cursor's own statement closes; overlap is merged later
             if suffix_closers >= closed:
                 return _Cut(j, "closer")  # the suffix already closes it
             if not inline:
                 stop_after = True  # keep the closing line once
+            elif call:
+                call_closed = True
         if stop_after and not own:
             return _Cut(end, "closed")
+        if call_closed and not own and len(lines) > idx + 1:
+            whole = ctx.line_prefix + line if idx == 0 else line
+            if not _opens_block(_strip_comment(whole, ctx)):
+                return _Cut(end, "closed")
         start = end + 1
     return None
+
+
+def _strip_comment(line: str, ctx: PostContext) -> str:
+    """The line without a trailing line comment (for "x) {  // note")."""
+    kinds, _ = _classify(line, _syntax(ctx.language), _LexState())
+    for i, kind in enumerate(kinds):
+        if kind == "m":
+            return line[:i].rstrip()
+    return line.rstrip()
 
 
 def limit_scope(text: str, ctx: PostContext) -> str:
@@ -718,6 +776,16 @@ def merge_suffix_overlap(text: str, ctx: PostContext) -> Suggestion:
                 continue
             if _closers_ok(first[:at], piece, ctx):
                 return Suggestion(text, k)
+        # The first line closes the bracket the auto-paired closer belongs to
+        # and goes on ("filename).st_ctime" before ")"): replace the closer.
+        if rest[0] in _CLOSERS:
+            info = _prefix_info(ctx.prefix, ctx.language)
+            kinds, _ = _classify(first, _syntax(ctx.language), info.state)
+            at = first.find(rest)
+            while at != -1:
+                if kinds[at] == "c" and _closers_ok(first[:at], rest, ctx):
+                    return Suggestion(text, len(rest))
+                at = first.find(rest, at + 1)
     elif nl and first.endswith(rest):
         # The model rewrote the rest of the line and went on: keep the line only.
         return Suggestion(first[: len(first) - len(rest)])
@@ -798,6 +866,7 @@ Filter = Callable[[str, PostContext], str | Suggestion]
 PIPELINE: tuple[Filter, ...] = (
     cut_special_tokens,
     strip_prefix_echo,  # only with echo_prefix=True
+    drop_doubled_space,
     fit_leading_newline,
     trim_single_line,
     cut_repetition,

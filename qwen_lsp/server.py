@@ -273,6 +273,8 @@ class QwenServer(LanguageServer):
             snippets=snippets,
             repo_name=self.root.name if self.root else "",
             manual=manual,
+            max_output_tokens=s.max_tokens,
+            context_window=s.context_size if s.provider == "local" else None,
         )
         if skip_reason(ctx, untitled=not uri.startswith("file:")) is not None:
             self.engine.stats.skipped += 1

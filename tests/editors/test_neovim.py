@@ -21,9 +21,13 @@ from tests.editors.cases import CASES, IDS, Case
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.harness import ROOT, openai_env
 
+# Debian's Neovim (0.7.2 on Debian 12), not the newer one the test extra
+# installs as an `nvim` script on PATH (that one has its own test module).
+NVIM = "/usr/bin/nvim" if Path("/usr/bin/nvim").exists() else shutil.which("nvim")
+
 pytestmark = [
     pytest.mark.editor,
-    pytest.mark.skipif(shutil.which("nvim") is None, reason="nvim is not installed"),
+    pytest.mark.skipif(NVIM is None, reason="Debian's nvim is not installed"),
 ]
 
 DRIVER = Path(__file__).with_name("nvim_driver.lua")
@@ -45,7 +49,7 @@ def run_nvim(case: Case, tmp_path: Path, fake: FakeUpstream) -> dict:
         XDG_DATA_HOME=str(tmp_path / "data"),
     )
     proc = subprocess.run(
-        ["nvim", "--headless", "--clean", "-u", str(DRIVER)],
+        [NVIM, "--headless", "--clean", "-u", str(DRIVER)],
         env=env, cwd=src.parent, capture_output=True, timeout=90,
         stdin=subprocess.DEVNULL, check=False,
     )

@@ -10,6 +10,7 @@ from qwen_lsp.postprocess import (
     Suggestion,
     cut_repetition,
     cut_special_tokens,
+    drop_doubled_space,
     drop_empty,
     drop_suffix_copy,
     fit_leading_newline,
@@ -153,6 +154,32 @@ ECHO_CASES = [
 def test_strip_prefix_echo(raw: str, ctx: PostContext, expected: str) -> None:
     assert strip_prefix_echo(raw, ctx) == expected
 
+# drop_doubled_space ----------------------------------------------------------------
+
+# Found by bench/quality.py (partial mode on genericpath.py / tempfile.py): the chat
+# model re-emits the space the prompt ends with.
+DOUBLED_SPACE_CASES = [
+    ("after-space-mid-line", " += 1", PostContext("    filenameIndex ", "\n", "python"), "+= 1"),
+    (
+        "indented-blank-line-one-column-too-deep",
+        " return self._file.write(s)",
+        PostContext("    def write(self, s):\n        ", "\n", "python"),
+        "return self._file.write(s)",
+    ),
+    ("deeper-indent-kept", "    x = 1", PostContext("if a:\n    ", "\n", "python"), "    x = 1"),
+    ("no-space-before-cursor", " + 1", PostContext("x = y", "\n", "python"), " + 1"),
+    ("newline-kept", " \n    x", PostContext("    ", "\n", "python"), " \n    x"),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "ctx", "expected"),
+    [c[1:] for c in DOUBLED_SPACE_CASES],
+    ids=[c[0] for c in DOUBLED_SPACE_CASES],
+)
+def test_drop_doubled_space(raw: str, ctx: PostContext, expected: str) -> None:
+    assert drop_doubled_space(raw, ctx) == expected
+
 
 # 3a. fit_leading_newline ---------------------------------------------------------
 
@@ -280,6 +307,50 @@ SCOPE_CASES = [
         "a(); // }\n    b();",
     ),
     ("inline-call-closed-untouched", "xs)", PY_CALL, "xs)"),
+    # Found by bench/quality.py (tempfile.py): after "(" with an auto-paired ")",
+    # the model closed the call and went on with the enclosing try statement.
+    (
+        "call-closed-on-first-line-ends-completion",
+        "path)\n                except OSError:\n                    pass",
+        PostContext(
+            "def f(path):\n    try:\n        if hasattr(_os, 'chflags'):\n"
+            "            _os.chflags(",
+            ")\n    except OSError:\n        pass\n",
+            "python",
+        ),
+        "path)",
+    ),
+    (
+        "call-args-over-lines-end-at-the-closing-line",
+        "\n    a=1,\n    b=2,\n)\nprint(opts)",
+        PostContext("opts = dict(", "\n", "python"),
+        "\n    a=1,\n    b=2,\n)",
+    ),
+    (
+        "call-closing-line-that-opens-a-block-continues",
+        "x > 0 && y > 0) {  // both\n    go();\n  }",
+        PostContext("function f(x, y) {\n  if (", "\n}\n", "javascript", indent_unit="  "),
+        "x > 0 && y > 0) {  // both\n    go();\n  }",
+    ),
+    (
+        "python-def-params-then-body-continues",
+        "a, b):\n    return a + b",
+        PostContext("def add(", "\n", "python"),
+        "a, b):\n    return a + b",
+    ),
+    # Found by bench/quality.py (node-gyp.js): the suffix's later "})" closes
+    # outer brackets, not the "(" opened on the line above the cursor.
+    (
+        "suffix-closes-outer-brackets-only",
+        "node-gyp')\n  }",
+        PostContext(
+            "run(function () {\n  if (x) {\n    log.error('bad dir',\n      '/path/to/.",
+            "\n  }\n})\n",
+            "javascript",
+            indent_unit="  ",
+        ),
+        "node-gyp')",
+    ),
     ("no-scope-end-untouched", "z = y\n    w = z", PY_BODY, "z = y\n    w = z"),
 ]
 
@@ -379,6 +450,20 @@ MERGE_CASES = [
     ),
     ("inner-call-keeps-suffix-paren", "len(xs)", PY_CALL, Suggestion("len(xs)", 0)),
     ("no-closers-untouched", "xs", PY_CALL, Suggestion("xs", 0)),
+    # Found by bench/quality.py (genericpath.py): the model closes the call and
+    # goes on with an attribute; the auto-paired ")" must be replaced, not doubled.
+    (
+        "closer-then-more-code-replaces-the-closer",
+        "filename).st_ctime",
+        PostContext("def f(filename):\n    return os.stat(", ")\n", "python"),
+        Suggestion("filename).st_ctime", 1),
+    ),
+    (
+        "closer-inside-a-string-is-not-the-auto-paired-one",
+        '"a)b"',
+        PostContext("def f():\n    print(", ")\n", "python"),
+        Suggestion('"a)b"', 0),
+    ),
     (
         "word-overlap-trimmed",
         "user.name",

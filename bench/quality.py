@@ -1,0 +1,1058 @@
+"""Completion quality on real code, end to end through the language server.
+
+Run: ``python bench/quality.py`` (full, about 25 min on 2 cores) or
+``python bench/quality.py --quick`` (a few minutes). ``--write-md`` replaces
+the quality section of BENCHMARKS.md with the results table.
+
+Tasks are cut deterministically (``--seed``) from code nobody here wrote: the
+Python standard library on this machine and the JavaScript files bundled with
+node's npm. Three kinds:
+
+* single: the cursor is mid-line, the rest of the line was deleted; the
+  answer is that rest.
+* multi: the body (2-8 lines) of a block was deleted, the cursor sits on an
+  indented empty line below the block opener; the answer is the body.
+* cross: like single, but the deleted text starts with a name defined in a
+  sibling module of the same stdlib package (``from .decoder import X``),
+  within the cursor's window that name does not appear.
+
+Configurations, all on the same local model (Qwen2.5-Coder-0.5B GGUF):
+
+* ``lsp``: ``python -m qwen_lsp`` over stdio, provider local (it starts its own
+  llama.cpp engine), manual inline-completion requests, crossFile off; this is
+  the product: prompt layout + streaming early stop + post-processing.
+* ``lsp+xfile``: a second server with crossFile on and the workspace root set
+  to the stdlib directory; for cross tasks the sibling module is opened first.
+* ``raw``: the same file-level FIM prompt (built by qwen_lsp.context/prompts)
+  sent to our own engine's ``/v1/completions``, greedy, no post-processing;
+  single-line tasks keep the first line (what llm-ls does).
+* ``raw-literal`` / ``post-literal`` (multi only): the prompt split literally
+  at the cursor on the blank line, raw and post-processed.
+* ``partial`` / ``partial-raw``: partial mode. llama-cpp-python's chat endpoint
+  does not continue a partial assistant turn (checked and recorded at the start
+  of every run), so the Qwen chat template is rendered by hand with the
+  assistant turn left open and sent to ``/v1/completions``; the output is
+  post-processed with ``echo_prefix=True`` (partial) or cut at its first line
+  (partial-raw, single tasks only).
+
+Metrics per task: exact match (lines compared with trailing whitespace
+stripped), edit similarity (difflib ratio of the completed region), harmful
+(a suggestion was shown and it duplicates the next suffix line, or it makes a
+Python file that parsed no longer parse, or its indentation is wrong, where
+the correct answer would not do the same), latency (client-observed for the
+LSP configurations). Intervals: Wilson 95 % for shares, bootstrap 95 % for
+means and paired differences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import asyncio
+import contextlib
+import difflib
+import glob
+import json
+import math
+import os
+import platform
+import random
+import re
+import statistics
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from lsprotocol import types
+from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from qwen_lsp.context import CompletionContext, build_context
+from qwen_lsp.documents import Document
+from qwen_lsp.engine import post_context
+from qwen_lsp.exclude import is_excluded
+from qwen_lsp.postprocess import postprocess
+from qwen_lsp.prompts import (
+    SINGLE_LINE_MAX_TOKENS,
+    fim_prompt,
+    partial_messages,
+)
+from qwen_lsp.providers.base import QWEN_SPECIAL_TOKENS
+from qwen_lsp.providers.local import LocalEngine
+from qwen_lsp.settings import DEFAULT_EXCLUDE
+
+MAX_TOKENS = 128
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+NPM_DIRS = ("/usr/lib/node_modules/npm", "/usr/local/lib/node_modules/npm")
+CROSS_PACKAGES = (
+    "json", "email", "http", "importlib", "concurrent/futures", "xml/etree", "xml/dom",
+    "logging", "asyncio", "unittest", "urllib", "multiprocessing", "sqlite3", "ctypes",
+    "tomllib", "zoneinfo", "wsgiref", "dbm", "lib2to3", "idlelib", "email/mime",
+    "xmlrpc", "html", "curses", "venv", "ensurepip", "pydoc_data", "collections",
+)  # fmt: skip
+MARK_START = "<!-- quality:start -->"
+MARK_END = "<!-- quality:end -->"
+
+
+# =========================================================================== tasks
+
+
+@dataclass
+class Task:
+    id: str
+    kind: str  # single | multi | cross
+    lang: str  # python | javascript
+    file: str  # real path of the source file
+    doc: str  # document text given to the server (the answer removed)
+    offset: int  # cursor
+    line: int  # cursor line (0-based)
+    col: int  # cursor column (code points)
+    target: str  # the removed text, as it stands from the cursor
+    region_end: int  # original text: end of the answer region
+    region_start: int  # original text: start of the cursor line
+    after: str  # original text after the answer region
+    original_parses: bool = True
+    sibling: str = ""  # cross: the module that defines the answer's name
+    symbol: str = ""
+
+
+def _lines(text: str) -> list[str]:
+    return text.split("\n")
+
+
+def _py_files(rng: random.Random) -> list[Path]:
+    files = sorted(p for p in STDLIB.glob("*.py") if 4000 < p.stat().st_size < 150_000)
+    files = [p for p in files if not is_excluded(p, DEFAULT_EXCLUDE)]
+    rng.shuffle(files)
+    return files
+
+
+def _js_files(rng: random.Random) -> list[Path]:
+    base = next((Path(d) for d in NPM_DIRS if Path(d).is_dir()), None)
+    if base is None:
+        return []
+    files = []
+    for name in sorted(glob.glob(str(base / "**" / "*.js"), recursive=True)):
+        p = Path(name)
+        if ".min." in p.name or not 3000 < p.stat().st_size < 80_000:
+            continue
+        text = p.read_text(encoding="utf-8", errors="replace")
+        lines = text.split("\n")
+        if not text.isascii() or max(len(x) for x in lines) > 160 or len(lines) < 80:
+            continue
+        files.append(p)
+    rng.shuffle(files)
+    return files
+
+
+def _is_code_line(stripped: str, lang: str) -> bool:
+    if not 12 <= len(stripped) <= 110:
+        return False
+    if stripped.startswith(("#", "//", "*", "/*", '"""', "'''", "@")):
+        return False
+    if lang == "javascript":
+        return bool(re.search(r"[=(.]", stripped)) and stripped.endswith((";", "{", ")", ","))
+    return True
+
+
+def _split_points(line: str, rng: random.Random) -> int | None:
+    """A cursor column inside ``line``: after a token boundary, >=3 chars left."""
+    indent = len(line) - len(line.lstrip())
+    cands = [
+        i for i in range(indent + 3, len(line.rstrip()) - 2)
+        if line[i - 1] in " (.=,[:" and not line[i].isspace()
+    ]
+    return rng.choice(cands) if cands else None
+
+
+def _python_single_lines(text: str) -> list[int]:
+    """0-based lines holding a whole one-line statement (no docstrings)."""
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return []
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.stmt) and node.end_lineno == node.lineno:
+            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+                continue
+            out.add(node.lineno - 1)
+    return sorted(out)
+
+
+def _python_blocks(text: str) -> list[tuple[int, int, int]]:
+    """(header line, first body line, last body line), 0-based, body of 2-8 lines."""
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return []
+    lines = _lines(text)
+    out = []
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if not isinstance(node, ast.stmt) or not isinstance(body, list) or not body:
+            continue
+        first, last = body[0].lineno - 1, body[-1].end_lineno - 1
+        header = first - 1
+        if header < 0 or not 2 <= last - first + 1 <= 8:
+            continue
+        if not lines[header].rstrip().endswith(":"):
+            continue
+        if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            continue  # a docstring body: prose, not code
+        if any(not ln.strip() for ln in lines[first : last + 1]):
+            continue
+        out.append((header, first, last))
+    return sorted(set(out))
+
+
+def _js_blocks(lines: list[str]) -> list[tuple[int, int, int]]:
+    out = []
+    for i, line in enumerate(lines):
+        if not line.rstrip().endswith("{") or line.strip().startswith(("//", "*")):
+            continue
+        indent = len(line) - len(line.lstrip())
+        for j in range(i + 1, min(len(lines), i + 10)):
+            cand = lines[j]
+            if cand.strip() and len(cand) - len(cand.lstrip()) <= indent:
+                if cand.strip().startswith("}") and len(cand) - len(cand.lstrip()) == indent:
+                    body = lines[i + 1 : j]
+                    if 2 <= len(body) <= 8 and all(b.strip() for b in body):
+                        out.append((i, i + 1, j - 1))
+                break
+    return out
+
+
+_PAIRS = {"(": ")", "[": "]", "{": "}"}
+
+
+def _matching_close(line: str, open_at: int) -> int | None:
+    """Index of the bracket closing ``line[open_at]`` on the same line (no strings parsed)."""
+    want, depth = _PAIRS[line[open_at]], 0
+    for i in range(open_at, len(line)):
+        if line[i] == line[open_at]:
+            depth += 1
+        elif line[i] == want:
+            depth -= 1
+            if depth == 0:
+                return i
+    return None
+
+
+def _single_task(path: Path, text: str, lang: str, ln: int, col: int, kind: str = "single",
+                 tid: str = "") -> Task:
+    """Delete the rest of the line; right after an opening bracket whose partner is on
+    the line, keep that closer, as an editor with auto-pairing would have typed it."""
+    lines = _lines(text)
+    start = sum(len(x) + 1 for x in lines[:ln])
+    line = lines[ln]
+    kept = ""
+    if line[col - 1] in _PAIRS and _matching_close(line, col - 1) is not None:
+        kept = _PAIRS[line[col - 1]]
+    doc = text[: start + col] + kept + text[start + len(line) :]
+    return Task(
+        id=tid or f"{kind}:{path.name}:{ln + 1}:{col}", kind=kind, lang=lang, file=str(path),
+        doc=doc, offset=start + col, line=ln, col=col, target=line[col:].rstrip(),
+        region_start=start, region_end=start + len(line), after=text[start + len(line) :],
+    )
+
+
+def _multi_task(path: Path, text: str, lang: str, header: int, first: int, last: int) -> Task:
+    lines = _lines(text)
+    start = sum(len(x) + 1 for x in lines[:first])
+    end = sum(len(x) + 1 for x in lines[: last + 1]) - 1
+    body_indent = lines[first][: len(lines[first]) - len(lines[first].lstrip())]
+    doc = text[:start] + body_indent + text[end:]
+    return Task(
+        id=f"multi:{path.name}:{first + 1}", kind="multi", lang=lang, file=str(path), doc=doc,
+        offset=start + len(body_indent), line=first, col=len(body_indent),
+        target=text[start + len(body_indent) : end], region_start=start, region_end=end,
+        after=text[end:],
+    )
+
+
+def build_tasks(seed: int, n_single: int, n_multi: int, per_file: int) -> list[Task]:
+    """Clusters of nearby tasks per file (nearby cursors share their prompt start)."""
+    rng = random.Random(seed)
+    py, js = _py_files(rng), _js_files(rng)
+    sources = [(p, "python") for p in py]
+    js_share = [(p, "javascript") for p in js]
+    # Interleave: two Python files for each JS file.
+    mixed: list[tuple[Path, str]] = []
+    while sources or js_share:
+        mixed.extend(sources[:2])
+        sources = sources[2:]
+        if js_share:
+            mixed.append(js_share.pop(0))
+    tasks: list[Task] = []
+    singles = multis = 0
+    for path, lang in mixed:
+        if singles >= n_single and multis >= n_multi:
+            break
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if not text.isascii():
+            continue
+        lines = _lines(text)
+        if lang == "python":
+            single_lines = _python_single_lines(text)
+            blocks = _python_blocks(text)
+        else:
+            single_lines = list(range(len(lines)))
+            blocks = _js_blocks(lines)
+        single_lines = [i for i in single_lines if i > 20 and _is_code_line(lines[i].strip(), lang)]
+        blocks = [b for b in blocks if b[0] > 20]
+        if not single_lines:
+            continue
+        center = rng.choice(single_lines)
+        near = [i for i in single_lines if abs(i - center) <= 40]
+        rng.shuffle(near)
+        k_single = min(per_file, n_single - singles)
+        for ln in sorted(near[:k_single]):
+            col = _split_points(lines[ln], rng)
+            if col is not None:
+                tasks.append(_single_task(path, text, lang, ln, col))
+                singles += 1
+        near_blocks = sorted(blocks, key=lambda b: abs(b[1] - center))
+        k_multi = min(max(1, per_file // 2), n_multi - multis)
+        for header, first, last in sorted(near_blocks[:k_multi]):
+            tasks.append(_multi_task(path, text, lang, header, first, last))
+            multis += 1
+    return tasks
+
+
+def _top_level_names(text: str) -> set[str]:
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return set()
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    return {n for n in names if len(n) >= 4}
+
+
+def build_cross_tasks(seed: int, n_cross: int) -> list[Task]:
+    """Cursor right before a use of a name imported from a sibling module."""
+    rng = random.Random(seed + 1)
+    cands: list[tuple[Path, Path, str, int, int]] = []
+    for pkg in CROSS_PACKAGES:
+        folder = STDLIB / pkg
+        if not folder.is_dir():
+            continue
+        for mod in sorted(folder.glob("*.py")):
+            text = mod.read_text(encoding="utf-8", errors="replace")
+            if not text.isascii() or len(text) > 150_000:
+                continue
+            try:
+                tree = ast.parse(text)
+            except SyntaxError:
+                continue
+            imported: dict[str, Path] = {}
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.ImportFrom) or not node.module:
+                    continue
+                dotted = pkg.replace("/", ".") + "."
+                if node.level == 0 and node.module.startswith(dotted):
+                    sib = folder / (node.module[len(dotted):].replace(".", "/") + ".py")
+                elif node.level == 1:
+                    sib = folder / (node.module.replace(".", "/") + ".py")
+                else:
+                    continue
+                if not sib.is_file() or sib == mod:
+                    continue
+                defined = _top_level_names(sib.read_text(encoding="utf-8", errors="replace"))
+                for alias in node.names:
+                    if alias.asname is None and alias.name in defined:
+                        imported[alias.name] = sib
+            if not imported:
+                continue
+            lines = _lines(text)
+            for node in ast.walk(tree):
+                if not (isinstance(node, ast.Name) and node.id in imported):
+                    continue
+                ln, col = node.lineno - 1, node.col_offset
+                line = lines[ln]
+                if col <= len(line) - len(line.lstrip()) or len(line) > 110:
+                    continue
+                if node.id in "\n".join(lines[max(0, ln - 80) : ln]) + line[:col]:
+                    continue  # visible in the window: no cross-file knowledge needed
+                cands.append((mod, imported[node.id], node.id, ln, col))
+    cands = sorted(set(cands))
+    rng.shuffle(cands)
+    seen: set[tuple[Path, str]] = set()
+    tasks = []
+    for mod, sib, name, ln, col in cands:
+        if len(tasks) >= n_cross or (mod, name) in seen:
+            continue
+        seen.add((mod, name))
+        text = mod.read_text(encoding="utf-8")
+        task = _single_task(mod, text, "python", ln, col, kind="cross",
+                            tid=f"cross:{mod.parent.name}/{mod.name}:{ln + 1}:{name}")
+        task.sibling, task.symbol = str(sib), name
+        tasks.append(task)
+    return tasks
+
+
+# =========================================================================== scoring
+
+
+@dataclass
+class Outcome:
+    shown: bool
+    text: str  # completed region (cursor line start .. answer end) or ""
+    em: bool
+    es: float
+    harmful: bool
+    why: str = ""
+    latency: float | None = None
+    raw: str = ""
+
+
+def _norm(text: str) -> str:
+    return "\n".join(line.rstrip() for line in text.split("\n")).strip("\n")
+
+
+def _dup_suffix(inserted: str, after: str) -> bool:
+    following = [ln.strip() for ln in after.split("\n")[1:] if ln.strip()][:1]
+    if not following:
+        return False
+    return any(ln.strip() == following[0] for ln in inserted.split("\n") if ln.strip())
+
+
+def _bad_indent(region: str, task: Task) -> bool:
+    """Multi-line: first code line indented differently, or a line left the block."""
+    if task.kind != "multi":
+        return False
+    want = task.target.split("\n")[0]
+    base = task.doc[task.region_start : task.offset]  # the cursor line's indentation
+    got_lines = [ln for ln in region.split("\n") if ln.strip()]
+    if not got_lines:
+        return False
+    first = got_lines[0]
+    if len(first) - len(first.lstrip()) != len(base) + len(want) - len(want.lstrip()):
+        return True
+    return any(len(ln) - len(ln.lstrip()) < len(base) for ln in got_lines)
+
+
+def _parses(text: str) -> bool:
+    try:
+        ast.parse(text)
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+def score(task: Task, inserted: str | None, replace: int = 0) -> Outcome:
+    """Apply the suggestion at the cursor and compare the completed lines with the original.
+
+    The completed region runs from the cursor line's start to where the
+    unchanged rest of the file begins. Exact match compares it with the
+    original lines (trailing whitespace stripped per line); edit similarity
+    compares what follows the cursor in both. Nothing shown scores 0.
+    """
+    if not inserted or not inserted.strip():
+        return Outcome(False, "", False, 0.0, False)
+    new_doc = task.doc[: task.offset] + inserted + task.doc[task.offset + replace :]
+    tail = task.doc[task.offset + replace :]
+    truth = task.doc[task.region_start : task.offset] + task.target
+    cut = len(new_doc) - len(task.after)
+    region = new_doc[task.region_start : cut] if cut >= task.offset else ""
+    lead = task.offset - task.region_start
+    em = _norm(region) == _norm(truth)
+    es = difflib.SequenceMatcher(None, _norm(region[lead:]), _norm(truth[lead:])).ratio()
+    why = []
+    if _dup_suffix(inserted, tail) and not _dup_suffix(task.target, tail):
+        why.append("dup")
+    rest = tail.split("\n", 1)[0].strip()
+    if rest and inserted.split("\n", 1)[0].rstrip().endswith(rest):
+        why.append("dup")  # retypes the closer(s) right of the cursor
+    if task.lang == "python" and task.original_parses and not _parses(new_doc):
+        why.append("parse")
+    if _bad_indent(region, task) and not _bad_indent(truth, task):
+        why.append("indent")
+    return Outcome(True, region, em, es, bool(why), ",".join(sorted(set(why))))
+
+
+def first_line(text: str) -> str:
+    return text.split("\n", 1)[0]
+
+
+# =========================================================================== stats
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (0.0, 0.0)
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, mid - half), min(1.0, mid + half))
+
+
+def bootstrap(values: list[float], reps: int = 2000, seed: int = 7) -> tuple[float, float]:
+    if not values:
+        return (0.0, 0.0)
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(reps))
+    return (means[int(0.025 * reps)], means[int(0.975 * reps) - 1])
+
+
+# =========================================================================== LSP runs
+
+
+def _server_env(tmp: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("QWEN_LSP_") and k not in ("DASHSCOPE_API_KEY",)}
+    env["XDG_CONFIG_HOME"] = str(tmp / "config")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+async def _start(env: dict[str, str], root: Path | None) -> tuple[LanguageClient, str]:
+    config = ClientServerConfig(server_command=[sys.executable, "-m", "qwen_lsp"],
+                                server_env=env)
+    client = await config.start()
+    assert isinstance(client, LanguageClient)
+    result = await client.initialize_session(types.InitializeParams(
+        capabilities=client_capabilities("neovim@v0.11.0"),
+        client_info=types.ClientInfo(name="quality-bench"),
+        root_uri=root.as_uri() if root else None,
+    ))
+    enc = result.capabilities.position_encoding or types.PositionEncodingKind.Utf16
+    name = str(getattr(enc, "value", enc))
+    return client, {"utf-8": "utf-8", "utf-32": "utf-32"}.get(name, "utf-16")
+
+
+def _open(client: LanguageClient, uri: str, text: str, version: int = 1) -> None:
+    client.text_document_did_open(types.DidOpenTextDocumentParams(
+        text_document=types.TextDocumentItem(uri=uri, language_id=_lang_id(uri), version=version,
+                                             text=text)))
+
+
+def _close(client: LanguageClient, uri: str) -> None:
+    client.text_document_did_close(types.DidCloseTextDocumentParams(
+        text_document=types.TextDocumentIdentifier(uri=uri)))
+
+
+def _lang_id(uri: str) -> str:
+    return "python" if uri.endswith(".py") else "javascript"
+
+
+async def _ask(client: LanguageClient, uri: str, line: int, char: int) -> Any:
+    return await client.text_document_inline_completion_async(types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri),
+        position=types.Position(line=line, character=char),
+        context=types.InlineCompletionContext(
+            trigger_kind=types.InlineCompletionTriggerKind.Invoked)))
+
+
+SETTLE_S = 6.0
+
+
+def _inserted(result: Any, doc: Document, task: Task, encoding: str) -> tuple[str | None, int]:
+    """Text and replaced-character count of the first inline item (None: nothing)."""
+    if not result or not result.items:
+        return None, 0
+    item = result.items[0]
+    text = item.insert_text if isinstance(item.insert_text, str) else item.insert_text.value
+    replace = 0
+    if item.range is not None:
+        end = doc.offset_at(item.range.end.line, item.range.end.character, encoding,
+                            strict=False)
+        replace = max(0, end - task.offset)
+    return text, replace
+
+
+async def run_lsp(tasks: list[Task], *, cross_file: bool, root: Path | None,
+                  context_tokens: int, log: Any,
+                  settled: dict[str, Outcome] | None = None) -> dict[str, Outcome]:
+    """One server process; every task opened, asked once (manual trigger), closed."""
+    out: dict[str, Outcome] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = _server_env(Path(tmp), QWEN_LSP_PROVIDER="local",
+                          QWEN_LSP_CROSS_FILE="true" if cross_file else "false",
+                          QWEN_LSP_CONTEXT_TOKENS=str(context_tokens),
+                          QWEN_LSP_TIMEOUT_MS="90000", QWEN_LSP_MAX_TOKENS=str(MAX_TOKENS))
+        client, encoding = await _start(env, root)
+        try:
+            warm = "file:///tmp/qwen-bench-warmup.py"
+            _open(client, warm, "def add(a, b):\n    return \n")
+            await _ask(client, warm, 1, 11)
+            _close(client, warm)
+            for i, task in enumerate(tasks):
+                uri = Path(task.file).as_uri()
+                sib_uri = Path(task.sibling).as_uri() if task.sibling and cross_file else ""
+                if sib_uri:
+                    _open(client, sib_uri, Path(task.sibling).read_text(encoding="utf-8"))
+                _open(client, uri, task.doc)
+                doc = Document(uri=uri, text=task.doc)
+                line, char = doc.position_at(task.offset, encoding)
+                t0 = time.perf_counter()
+                result = await _ask(client, uri, line, char)
+                latency = time.perf_counter() - t0
+                o = score(task, *_inserted(result, doc, task, encoding))
+                o.latency = latency
+                out[task.id] = o
+                if settled is not None and task.kind == "multi":
+                    # The engine answers a multi-line flight with the lines it has
+                    # after a short time and keeps streaming into the cache; ask
+                    # again once the stream is done to see the whole block.
+                    await asyncio.sleep(SETTLE_S)
+                    again = await _ask(client, uri, line, char)
+                    settled[task.id] = score(task, *_inserted(again, doc, task, encoding))
+                _close(client, uri)
+                if sib_uri:
+                    _close(client, sib_uri)
+                log(f"  lsp{'+x' if cross_file else ''} {i + 1}/{len(tasks)} {task.id} "
+                    f"{latency:.1f}s em={int(o.em)} es={o.es:.2f} {o.why}")
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.shutdown_session(), 10)
+            await client.stop()
+    return out
+
+
+# =========================================================================== engine runs
+
+
+def chat_template(messages: list[dict[str, Any]]) -> str:
+    """Qwen's ChatML with the last (assistant) turn left open: partial mode by hand."""
+    parts = []
+    for msg in messages[:-1]:
+        parts.append(f"<|im_start|>{msg['role']}\n{msg['content']}<|im_end|>\n")
+    parts.append(f"<|im_start|>assistant\n{messages[-1]['content']}")
+    return "".join(parts)
+
+
+def task_context(task: Task, context_tokens: int, *, blank_layout: bool = True,
+                 path: str | None = None) -> CompletionContext:
+    uri = Path(task.file).as_uri()
+    return build_context(task.doc, task.offset, uri=uri, path=path or Path(task.file).name,
+                         language=task.lang, version=1, context_tokens=context_tokens,
+                         manual=True, blank_line_layout=blank_layout)
+
+
+class Raw:
+    def __init__(self, base: str, key: str) -> None:
+        self.base = base
+        self.client = httpx.AsyncClient(timeout=300, headers={"Authorization": f"Bearer {key}"},
+                                        trust_env=False)
+
+    async def complete(self, prompt: str, max_tokens: int, stop: list[str]) -> tuple[str, float]:
+        t0 = time.perf_counter()
+        r = await self.client.post(self.base + "/completions", json={
+            "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "stop": stop})
+        r.raise_for_status()
+        return r.json()["choices"][0]["text"], time.perf_counter() - t0
+
+    async def chat_probe(self) -> str:
+        """Does /v1/chat/completions continue a partial assistant message?"""
+        r = await self.client.post(self.base + "/chat/completions", json={
+            "messages": [
+                {"role": "user", "content": "Write a Python function that adds two numbers."},
+                {"role": "assistant", "content": "def add(a, b):\n    return a", "partial": True},
+            ], "max_tokens": 24, "temperature": 0.0})
+        r.raise_for_status()
+        return r.json()["choices"][0]["message"]["content"]
+
+
+def _fit_blank(text: str, task: Task) -> str:
+    """For the blank-line layout the raw model writes "\\n" + the line: drop that newline
+    and the indentation the cursor already has (the least any client must do)."""
+    if text.startswith("\n") and not task.doc[task.region_start : task.offset].strip():
+        text = text[1:]
+        indent = task.doc[task.region_start : task.offset]
+        text = text.removeprefix(indent)
+    return text
+
+
+async def run_engine(tasks: list[Task], *, context_tokens: int, partial_every: int,
+                     log: Any) -> tuple[dict[str, dict[str, Outcome]], str]:
+    engine = LocalEngine(threads=None, context_size=4096)
+    base, key = await engine.ensure_started()
+    raw = Raw(base, key)
+    res: dict[str, dict[str, Outcome]] = {}
+    specials = list(QWEN_SPECIAL_TOKENS)
+    try:
+        probe = await raw.chat_probe()
+        for i, task in enumerate(tasks):
+            ctx = task_context(task, context_tokens)
+            post = post_context(ctx)
+            single = task.kind != "multi"
+            limit = SINGLE_LINE_MAX_TOKENS if single else MAX_TOKENS
+            r: dict[str, Outcome] = {}
+            # Single-line: generation stops at the first newline, which yields
+            # exactly the first line of the full output (greedy decoding).
+            stop = [*specials, "\n"] if single else specials
+            text, lat = await raw.complete(fim_prompt(ctx), limit, stop)
+            cut = first_line(text) if single else _fit_blank(text, task)
+            r["raw"] = score(task, cut)
+            r["raw"].latency, r["raw"].raw = lat, text
+            sug = postprocess(text, post)
+            r["post-offline"] = score(task, sug.text if sug else None,
+                                      sug.replace_suffix_chars if sug else 0)
+            if not single:
+                lctx = task_context(task, context_tokens, blank_layout=False)
+                ltext, llat = await raw.complete(fim_prompt(lctx), limit, specials)
+                r["raw-literal"] = score(task, ltext)
+                r["raw-literal"].latency = llat
+                lsug = postprocess(ltext, post_context(lctx))
+                r["post-literal"] = score(task, lsug.text if lsug else None,
+                                          lsug.replace_suffix_chars if lsug else 0)
+            res[task.id] = r
+            log(f"  raw {i + 1}/{len(tasks)} {task.id} {lat:.1f}s em={int(r['raw'].em)} "
+                f"post-em={int(r['post-offline'].em)}")
+        if partial_every:
+            chosen = [t for i, t in enumerate(tasks) if i % partial_every == 0]
+            for i, task in enumerate(chosen):
+                ctx = task_context(task, context_tokens)
+                prompt = chat_template(partial_messages(ctx))
+                single = task.kind != "multi"
+                limit = SINGLE_LINE_MAX_TOKENS if single else MAX_TOKENS
+                text, lat = await raw.complete(prompt, limit, ["<|im_end|>", *specials])
+                sug = postprocess(text, post_context(ctx), echo_prefix=True)
+                o = score(task, sug.text if sug else None,
+                          sug.replace_suffix_chars if sug else 0)
+                o.latency, o.raw = lat, text
+                res[task.id]["partial"] = o
+                if single:
+                    res[task.id]["partial-raw"] = score(task, first_line(text))
+                log(f"  partial {i + 1}/{len(chosen)} {task.id} {lat:.1f}s em={int(o.em)}")
+    finally:
+        await raw.client.aclose()
+        await engine.stop()
+    return res, probe
+
+
+# =========================================================================== report
+
+
+@dataclass
+class Row:
+    config: str
+    kind: str
+    n: int
+    shown: float
+    em: float
+    em_ci: tuple[float, float]
+    es: float
+    es_ci: tuple[float, float]
+    harmful: float
+    harmful_ci: tuple[float, float]
+    lat_p50: float | None = None
+    lat_p90: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def summarize(config: str, kind: str, outs: list[Outcome]) -> Row:
+    n = len(outs)
+    em = sum(o.em for o in outs)
+    harm = sum(o.harmful for o in outs)
+    es = [o.es for o in outs]
+    lats = sorted(o.latency for o in outs if o.latency is not None)
+    return Row(
+        config, kind, n, sum(o.shown for o in outs) / max(n, 1), em / max(n, 1), wilson(em, n),
+        statistics.fmean(es) if es else 0.0, bootstrap(es), harm / max(n, 1), wilson(harm, n),
+        lats[len(lats) // 2] if lats else None,
+        lats[min(len(lats) - 1, int(0.9 * len(lats)))] if lats else None,
+    )
+
+
+def paired(a: list[Outcome], b: list[Outcome], attr: str) -> tuple[float, tuple[float, float]]:
+    diffs = [float(getattr(x, attr)) - float(getattr(y, attr)) for x, y in zip(a, b, strict=True)]
+    return (statistics.fmean(diffs) if diffs else 0.0), bootstrap(diffs)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _ci(ci: tuple[float, float]) -> str:
+    return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def report(tasks: list[Task], lsp: dict[str, Outcome], lspx: dict[str, Outcome],
+           eng: dict[str, dict[str, Outcome]], meta: dict[str, Any]) -> str:
+    rows: list[Row] = []
+    diffs: list[str] = []
+    for kind in ("single", "multi", "cross"):
+        ts = [t for t in tasks if t.kind == kind]
+        if not ts:
+            continue
+        configs: dict[str, list[Outcome]] = {"lsp": [lsp[t.id] for t in ts]}
+        if kind == "cross" and lspx:
+            configs["lsp+xfile"] = [lspx[t.id] for t in ts]
+        names = ["lsp-settled", "raw", "post-offline", "raw-literal", "post-literal"]
+        for name in names:
+            if all(name in eng[t.id] for t in ts):
+                configs[name] = [eng[t.id][name] for t in ts]
+        for name, outs in configs.items():
+            rows.append(summarize(name, kind, outs))
+        part = [t for t in ts if "partial" in eng[t.id]]
+        if part:
+            rows.append(summarize("partial", kind + f" (subset {len(part)})",
+                                  [eng[t.id]["partial"] for t in part]))
+            rows.append(summarize("lsp", kind + f" (same subset {len(part)})",
+                                  [lsp[t.id] for t in part]))
+            if kind != "multi":
+                rows.append(summarize("partial-raw", kind + f" (subset {len(part)})",
+                                      [eng[t.id]["partial-raw"] for t in part]))
+        base = "raw"
+        for attr in ("em", "es", "harmful"):
+            d, ci = paired(configs["lsp"], configs[base], attr)
+            diffs.append(f"| {kind} | lsp − raw | {attr} | {100 * d:+.1f} | {_ci(ci)} |")
+        if "lsp-settled" in configs:
+            for attr in ("em", "es", "harmful"):
+                d, ci = paired(configs["lsp-settled"], configs[base], attr)
+                diffs.append(f"| {kind} | lsp-settled − raw | {attr} | {100 * d:+.1f} | "
+                             f"{_ci(ci)} |")
+        if "raw-literal" in configs:
+            for attr in ("em", "es"):
+                d, ci = paired(configs["post-offline"], configs["post-literal"], attr)
+                diffs.append(f"| {kind} | blank-line layout − literal split (both "
+                             f"post-processed) | {attr} | {100 * d:+.1f} | {_ci(ci)} |")
+        if "lsp+xfile" in configs:
+            for attr in ("em", "es"):
+                d, ci = paired(configs["lsp+xfile"], configs["lsp"], attr)
+                diffs.append(f"| {kind} | crossFile on − off | {attr} | {100 * d:+.1f} | "
+                             f"{_ci(ci)} |")
+        if part:
+            for attr in ("em", "es"):
+                d, ci = paired([lsp[t.id] for t in part], [eng[t.id]["partial"] for t in part],
+                               attr)
+                diffs.append(f"| {kind} | lsp (FIM) − partial | {attr} | {100 * d:+.1f} | "
+                             f"{_ci(ci)} |")
+    lines = [
+        (f"Run: `{meta['command']}` — {meta['date']}, {meta['machine']}, model "
+         f"{meta['model']}, contextTokens {meta['context_tokens']}, maxTokens {MAX_TOKENS} "
+         f"(single-line {SINGLE_LINE_MAX_TOKENS}), greedy; wall time {meta['wall_min']:.1f} min."),
+        "",
+        (f"Tasks: {meta['counts']} (seed {meta['seed']}). Chat endpoint probe (user asks "
+        f"for an add function, partial assistant message `def add(a, b):\\n    return a`) "
+        f"answered: \"{meta.get('chat_partial_probe', '')[:120]}\""),
+        "",
+        ("| config | tasks | n | shown % | exact match % [95% CI] | edit sim. % [95% CI] | "
+         "harmful % [95% CI] | latency p50 / p90 s |"),
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lat = "" if r.lat_p50 is None else f"{r.lat_p50:.2f} / {r.lat_p90:.2f}"
+        lines.append(
+            f"| {r.config} | {r.kind} | {r.n} | {_pct(r.shown)} | {_pct(r.em)} {_ci(r.em_ci)} | "
+            f"{_pct(r.es)} {_ci(r.es_ci)} | {_pct(r.harmful)} {_ci(r.harmful_ci)} | {lat} |")
+    lines += ["", "Paired differences (percentage points, bootstrap 95% CI):", "",
+              "| tasks | comparison | metric | Δ | 95% CI |", "| --- | --- | --- | --- | --- |",
+              *diffs]
+    return "\n".join(lines)
+
+
+PREAMBLE = """\
+### Completion quality (`bench/quality.py`)
+
+Token estimate: `CHARS_PER_TOKEN = 3.8` in `qwen_lsp/context.py`, calibrated
+with the real Qwen2.5 tokenizer (`python bench/quality.py --calibrate` loads the
+GGUF vocabulary with `llama_cpp.Llama(vocab_only=True)`): Python stdlib 4.17
+characters per token (546,150 chars, 130,858 tokens, 40 modules), JavaScript
+from npm 3.84 (96,836 chars, 25,233 tokens, 40 files); the lower figure is used
+so that budgets are not exceeded on dense code.
+
+Method: see the docstring of `bench/quality.py`. `lsp` is the product end to
+end (stdio server, provider local, manual trigger); `raw` is the same prompt
+with no post-processing (first line only for single-line tasks, as llm-ls
+does); `post-offline` runs our post-processing over that same raw output (no
+streaming early stop); `*-literal` use the editor's text split literally at
+the cursor on blank lines; `partial` is partial mode emulated on the local
+engine by rendering Qwen's chat template with the assistant turn left open
+(its `/v1/chat/completions` ignores `partial: true`: the probe in the run line
+shows it starting a new answer), only on every k-th task. `lsp` is the first
+answer the editor gets; the engine answers a multi-line request with the
+complete lines it has after 0.4 s and keeps streaming into its cache, so
+`lsp-settled` asks again at the same place 6 s later (multi-line tasks only)
+to show the whole block. Harmful = a shown suggestion that duplicates the next
+line or the closers right of the cursor, or breaks a Python file that parsed,
+or has the wrong indentation. Single-line tasks right after `(`, `[` or `{` keep the
+auto-paired closer right of the cursor, as editors insert it.
+"""
+
+
+def write_md(section: str) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    block = f"{MARK_START}\n{PREAMBLE}\n{section}\n{MARK_END}"
+    if MARK_START in text and MARK_END in text:
+        head, rest = text.split(MARK_START, 1)
+        _, tail = rest.split(MARK_END, 1)
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text, encoding="utf-8")
+
+
+def load_results(path: Path) -> tuple[list[Task], dict[str, Outcome], dict[str, Outcome],
+                                      dict[str, dict[str, Outcome]], dict[str, Any]]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    tasks = [Task(**{**t, "doc": "", "after": ""}) for t in data["tasks"]]
+
+    def outs(d: dict[str, Any]) -> dict[str, Outcome]:
+        return {k: Outcome(**v) for k, v in d.items()}
+
+    eng = {k: outs(v) for k, v in data["engine"].items()}
+    return tasks, outs(data["lsp"]), outs(data["lsp_xfile"]), eng, data["meta"]
+
+
+def rescore(tasks: list[Task], eng: dict[str, dict[str, Outcome]], meta: dict[str, Any],
+            *, per_file: int) -> None:
+    """Post-process the saved raw outputs again with the current code (no model calls)."""
+    counts = meta["counts"]
+    fresh = build_tasks(meta["seed"], counts["single"], counts["multi"], per_file)
+    fresh += build_cross_tasks(meta["seed"], counts["cross"])
+    by_id = {t.id: t for t in fresh}
+    for i, old in enumerate(tasks):
+        task = by_id[old.id]
+        tasks[i] = task
+        ctoks = meta["context_tokens"]
+        r = eng[task.id]
+        ctx = task_context(task, ctoks)
+        sug = postprocess(r["raw"].raw, post_context(ctx))
+        r["post-offline"] = score(task, sug.text if sug else None,
+                                  sug.replace_suffix_chars if sug else 0)
+        if "partial" in r:
+            psug = postprocess(r["partial"].raw, post_context(ctx), echo_prefix=True)
+            latency, raw = r["partial"].latency, r["partial"].raw
+            r["partial"] = score(task, psug.text if psug else None,
+                                 psug.replace_suffix_chars if psug else 0)
+            r["partial"].latency, r["partial"].raw = latency, raw
+        if "raw-literal" in r:
+            lead = task.offset - task.region_start
+            ltext = r["raw-literal"].text[lead:] if r["raw-literal"].shown else ""
+            lctx = task_context(task, ctoks, blank_layout=False)
+            lsug = postprocess(ltext, post_context(lctx))
+            r["post-literal"] = score(task, lsug.text if lsug else None,
+                                      lsug.replace_suffix_chars if lsug else 0)
+
+
+def calibrate(samples: int = 40, seed: int = 0) -> None:
+    """Characters per token of the real Qwen tokenizer on stdlib Python and npm JS."""
+    import llama_cpp  # the local engine's dependency
+
+    from qwen_lsp.providers.local_model import MODEL_FILENAME, model_cache_dir
+
+    model = llama_cpp.Llama(model_path=str(model_cache_dir() / MODEL_FILENAME),
+                            vocab_only=True, verbose=False)
+    rng = random.Random(seed)
+    py = sorted(glob.glob(str(STDLIB / "*.py")))
+    base = next((d for d in NPM_DIRS if Path(d).is_dir()), NPM_DIRS[0])
+    js = sorted(glob.glob(f"{base}/node_modules/**/*.js", recursive=True))
+    for name, files in (("python", py), ("javascript", js)):
+        chars = tokens = 0
+        for f in rng.sample(files, min(samples, len(files))):
+            text = Path(f).read_text(encoding="utf-8", errors="replace")[:20000]
+            chars += len(text)
+            tokens += len(model.tokenize(text.encode(), add_bos=False, special=False))
+        print(f"{name}: {chars} chars, {tokens} tokens, {chars / max(tokens, 1):.2f} chars/token")
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a few-minute run (small sample)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--single", type=int, default=80)
+    ap.add_argument("--multi", type=int, default=30)
+    ap.add_argument("--cross", type=int, default=30)
+    ap.add_argument("--per-file", type=int, default=6)
+    ap.add_argument("--partial-every", type=int, default=4,
+                    help="partial mode on every k-th task (0: never)")
+    ap.add_argument("--context-tokens", type=int, default=512)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "quality-results.json"))
+    ap.add_argument("--write-md", action="store_true")
+    ap.add_argument("--from-json", help="only re-render the report of a saved run")
+    ap.add_argument("--reuse-engine", help="take the engine-only configurations from a "
+                    "saved run (same seed and sizes) and run only the server passes")
+    ap.add_argument("--rescore", action="store_true",
+                    help="with --from-json: re-run the current post-processing over the "
+                         "saved raw outputs (post-offline, post-literal)")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="measure characters per token with the real tokenizer")
+    args = ap.parse_args()
+    if args.calibrate:
+        calibrate()
+        return
+    if args.from_json:
+        tasks, lsp, lspx, eng, meta = load_results(Path(args.from_json))
+        if args.rescore:
+            rescore(tasks, eng, meta, per_file=args.per_file)
+            meta["rescored"] = True
+        table = report(tasks, lsp, lspx, eng, meta)
+        print(table)
+        if args.write_md:
+            write_md(table)
+        return
+    if args.quick:
+        args.single, args.multi, args.cross, args.partial_every = 12, 6, 6, 4
+    started = time.time()
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - started:6.0f}s] {msg}", flush=True)
+
+    tasks = build_tasks(args.seed, args.single, args.multi, args.per_file)
+    tasks += build_cross_tasks(args.seed, args.cross)
+    counts = {k: sum(t.kind == k for t in tasks) for k in ("single", "multi", "cross")}
+    log(f"tasks: {counts}")
+    if args.reuse_engine:
+        # The engine pass does not involve the server: reuse a saved one and
+        # post-process its raw outputs again with the current code.
+        _, _, _, eng, old_meta = load_results(Path(args.reuse_engine))
+        probe = old_meta.get("chat_partial_probe", "")
+        rescore(tasks, eng, {**old_meta, "seed": args.seed}, per_file=args.per_file)
+        log(f"engine results reused from {args.reuse_engine} ({old_meta['date']})")
+    else:
+        eng, probe = await run_engine(tasks, context_tokens=args.context_tokens,
+                                      partial_every=args.partial_every, log=log)
+    log(f"chat endpoint with a partial assistant message answered: {probe!r}")
+    settled: dict[str, Outcome] = {}
+    lsp = await run_lsp(tasks, cross_file=False, root=None,
+                        context_tokens=args.context_tokens, log=log, settled=settled)
+    for tid, outcome in settled.items():
+        eng[tid]["lsp-settled"] = outcome
+    cross = [t for t in tasks if t.kind == "cross"]
+    lspx = await run_lsp(cross, cross_file=True, root=STDLIB,
+                         context_tokens=args.context_tokens, log=log) if cross else {}
+    argv = " ".join(sys.argv[1:])
+    meta = {
+        "command": f"python bench/quality.py {argv}".strip(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+                   f"Python {platform.python_version()}",
+        "model": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf (llama-cpp-python)",
+        "context_tokens": args.context_tokens, "wall_min": (time.time() - started) / 60,
+        "counts": counts, "seed": args.seed, "chat_partial_probe": probe,
+    }
+    table = report(tasks, lsp, lspx, eng, meta)
+    print(table)
+    Path(args.out).write_text(json.dumps({
+        "meta": meta,
+        # Documents are rebuilt from the seed when needed (--rescore).
+        "tasks": [{**asdict(t), "doc": None, "after": None} for t in tasks],
+        "lsp": {k: asdict(v) for k, v in lsp.items()},
+        "lsp_xfile": {k: asdict(v) for k, v in lspx.items()},
+        "engine": {k: {c: asdict(o) for c, o in v.items()} for k, v in eng.items()},
+    }, indent=1), encoding="utf-8")
+    if args.write_md:
+        write_md(table)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,190 @@
+"""The context builder: budget, line-boundary cuts, anchoring, gating, single vs multi-line."""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qwen_lsp.context import (
+    CHARS_PER_TOKEN,
+    CompletionContext,
+    Snippet,
+    anchor_step,
+    build_context,
+    decide_multiline,
+    estimate_tokens,
+    fit_snippets,
+    prompt_budget,
+    skip_reason,
+)
+from qwen_lsp.prompts import fim_prompt
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+REAL = (STDLIB / "argparse.py").read_text(encoding="utf-8")
+
+
+def ctx_at(text: str, offset: int, **kw: Any) -> CompletionContext:
+    args: dict[str, Any] = {"uri": "file:///w/a.py", "path": "a.py", "language": "python",
+                            "version": 1, "context_tokens": 512}
+    args.update(kw)
+    return build_context(text, offset, **args)
+
+
+# --------------------------------------------------------------------------- budget
+
+
+@pytest.mark.parametrize("tokens", [256, 512, 1024, 1536])
+@pytest.mark.parametrize("frac", [0.1, 0.5, 0.93])
+def test_prompt_fits_budget_and_cuts_at_line_boundaries(tokens: int, frac: float) -> None:
+    offset = int(len(REAL) * frac)
+    ctx = ctx_at(REAL, offset, context_tokens=tokens)
+    assert estimate_tokens(ctx.prefix) + estimate_tokens(ctx.suffix) <= tokens
+    start = offset - len(ctx.prefix)
+    end = offset + len(ctx.suffix)
+    assert REAL[start:offset] == ctx.prefix and REAL[offset:end] == ctx.suffix
+    assert start == 0 or REAL[start - 1] == "\n"  # the prefix starts a line
+    assert end == len(REAL) or REAL[end] == "\n"  # the suffix ends a line
+    # Prefix-heavy: the text before the cursor gets most of the budget.
+    assert len(ctx.prefix) > 2 * len(ctx.suffix)
+    # And the budget is used, not wasted (anchoring gives up < ANCHOR_LINES lines).
+    assert len(ctx.prefix) + len(ctx.suffix) > tokens * CHARS_PER_TOKEN * 0.3
+
+
+@pytest.mark.parametrize("tokens", [300, 600, 1200])
+def test_prompt_with_snippets_fits_budget(tokens: int) -> None:
+    snippets = [Snippet(f"pkg/m{i}.py", REAL[i * 3000 : i * 3000 + 2500]) for i in range(1, 6)]
+    offset = len(REAL) // 2
+    ctx = ctx_at(REAL, offset, context_tokens=tokens, snippets=snippets)
+    assert ctx.snippets, "some cross-file context fits"
+    assert estimate_tokens(fim_prompt(ctx)) <= tokens + 4 * len(ctx.snippets) + 8
+    for snip in ctx.snippets:
+        assert snip.text.endswith("\n")  # cut at a line boundary
+
+
+def test_model_window_leaves_room_for_output() -> None:
+    assert prompt_budget(1536) == 1536 - 8
+    assert prompt_budget(4096, max_output_tokens=128, context_window=2048) == 2048 - 128 - 8
+    ctx = ctx_at(REAL, len(REAL) // 2, context_tokens=4000, max_output_tokens=256,
+                 context_window=1024)
+    assert estimate_tokens(ctx.prefix + ctx.suffix) <= 1024 - 256
+
+
+def test_enormous_line_is_cut_inside_the_line() -> None:
+    line = "x = [" + ", ".join(str(i) for i in range(20000)) + "]\n"
+    text = "import os\n" + line
+    offset = len(text) - 50
+    ctx = ctx_at(text, offset, context_tokens=256)
+    assert estimate_tokens(ctx.prefix + ctx.suffix) <= 256
+    assert ctx.prefix == text[offset - len(ctx.prefix) : offset]
+
+
+def test_prefix_start_is_anchored_while_typing() -> None:
+    lines = [f"value_{i} = compute({i})" for i in range(400)]
+    text = "\n".join(lines) + "\n"
+    starts = set()
+    line_no = 300
+    base = sum(len(x) + 1 for x in lines[:line_no])
+    typed = "result = "
+    for k in range(len(typed) + 1):
+        doc = text[:base] + typed[:k] + text[base:]
+        ctx = ctx_at(doc, base + k, context_tokens=512)
+        starts.add(base + k - len(ctx.prefix))
+        assert ctx.prefix_start_line % anchor_step(int(504 * 0.8 * CHARS_PER_TOKEN)) == 0
+    assert len(starts) == 1  # byte-identical prompt start on every keystroke
+
+
+def test_fit_snippets_drops_copies_of_the_window_and_renders_in_path_order() -> None:
+    window = "def a():\n    return 1\n"
+    snips = [Snippet("x.py", "def a():\n    return 1\n"), Snippet("b.py", "B = 2\n"),
+             Snippet("a.py", "A = 1\n")]
+    kept = fit_snippets(snips, 100, window)
+    assert [s.path for s in kept] == ["a.py", "b.py"]
+    assert fit_snippets(snips, 0, window) == []
+    # Priority is the given order: with room for one, the first one wins.
+    big = [Snippet("z.py", "Z = 1\n" * 60), Snippet("a.py", "A = 1\n" * 60)]
+    one = fit_snippets(big, estimate_tokens("Z = 1\n" * 60) + 10, window)
+    assert [s.path for s in one] == ["z.py"]
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def test_blank_line_layout_moves_the_newline_into_the_completion() -> None:
+    text = "def f(x):\n    y = x\n    \n    return y\n"
+    offset = text.index("    \n") + 4
+    ctx = ctx_at(text, offset)
+    assert ctx.fim_prefix == "def f(x):\n    y = x"
+    assert ctx.fim_suffix == "\n    return y\n"
+    literal = ctx_at(text, offset, blank_line_layout=False)
+    assert literal.fim_prefix == text[:offset] and literal.fim_suffix == text[offset:]
+
+
+# --------------------------------------------------------------------------- multi-line
+
+
+@pytest.mark.parametrize(
+    ("line_prefix", "line_suffix", "language", "setting", "previous", "expected"),
+    [
+        ("def f(x):", "", "python", "auto", "", True),  # after a block opener
+        ("    ", "", "python", "auto", "def f(x):", True),  # empty line in a block
+        ("", "", "python", "auto", "def f(x):", True),  # not yet indented, after opener
+        ("", "", "python", "auto", "    return 1", True),  # empty line after indented code
+        ("", "", "python", "auto", "import os", False),  # empty top-level line
+        ("", "", "python", "auto", "", False),  # start of file
+        ("function f() {", "", "javascript", "auto", "", True),
+        ("if (x) {", "}", "javascript", "auto", "", True),  # auto-closed brace
+        ("items.map((x) =>", "", "javascript", "auto", "", True),
+        ("x = foo(", ")", "python", "auto", "", True),
+        ("x = foo(a,", ")", "python", "auto", "", False),  # a list goes on, not a block
+        ("    total = ", "", "python", "auto", "", False),  # mid-statement
+        ("    total = ", "+ 1", "python", "auto", "", False),  # mid-line
+        ("    # explain:", "", "python", "auto", "", False),  # comment
+        ("    s = 'a: {", "", "python", "auto", "", False),  # string
+        ("    // loop: {", "", "javascript", "auto", "", False),  # comment
+        ("    q = a // b if c else {", "", "python", "auto", "", True),  # // is division
+        ("fn f<'a>(x: &'a str) {", "", "rust", "auto", "", True),  # lifetimes
+        ("    total = ", "", "python", "always", "", True),
+        ("def f(x):", "", "python", "never", "", False),
+    ],
+)
+def test_decide_multiline(line_prefix: str, line_suffix: str, language: str, setting: str,
+                          previous: str, expected: bool) -> None:
+    got = decide_multiline(line_prefix, line_suffix, language, setting, previous_line=previous)
+    assert got is expected
+
+
+def test_build_context_uses_the_previous_line_for_empty_lines() -> None:
+    text = "class A:\n    def f(self):\n\n"
+    assert ctx_at(text, len(text) - 1).multiline is True
+    text = "import os\n\n"
+    assert ctx_at(text, len(text) - 1).multiline is False
+
+
+# --------------------------------------------------------------------------- gating
+
+
+@pytest.mark.parametrize(
+    ("text", "cursor", "manual", "untitled", "expected"),
+    [
+        ("", 0, False, True, "empty untitled buffer"),
+        ("   \n", 0, False, True, "empty untitled buffer"),
+        ("", 0, True, True, None),  # manual always asks
+        ("", 0, False, False, None),  # an empty file on disk: the model may start it
+        ("value = compute(x)\n", 9, False, False, "cursor inside a word"),
+        ("value = compute(x)\n", 9, True, False, None),
+        ("print(total)\n", 6, False, False, "text right of the cursor"),
+        ("print()\n", 6, False, False, None),  # only a closer
+        ('print("")\n', 7, False, False, None),  # closers and quotes
+        ("foo(a, );\n", 7, False, False, None),
+        ("x = y + z\n", 4, False, False, None),  # "y + z" minus spaces = 3 chars
+        ("x = yy + zz\n", 4, False, False, "text right of the cursor"),
+        ("def f():\n    \n", 13, False, False, None),
+    ],
+)
+def test_skip_reason(text: str, cursor: int, manual: bool, untitled: bool,
+                     expected: str | None) -> None:
+    ctx = ctx_at(text, cursor, manual=manual)
+    assert skip_reason(ctx, untitled=untitled) == expected
