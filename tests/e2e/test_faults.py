@@ -390,3 +390,26 @@ async def test_repeated_auth_failures_show_one_message(tmp_path: Path) -> None:
     assert shown[0].type == types.MessageType.Error
     assert "API key" in shown[0].message and "region" in shown[0].message
     assert len(logged) == 6
+
+
+async def test_status_notification_follows_upstream_health(tmp_path: Path) -> None:
+    """``qwen/status`` tells the editor when completions fail and when they are back."""
+    with FakeUpstream(Reply(status=503, headers=CLOSE)) as fake:
+        client = await start_client(openai_env(tmp_path, fake.openai_base))
+        states: list[dict[str, Any]] = []
+
+        @client.feature("qwen/status")
+        def on_status(params: Any) -> None:
+            states.append({"state": params.state, "message": params.message})
+
+        try:
+            open_doc(client, URI, DOC)
+            assert await inline(client, URI, 0, _line_end(0)) is None
+            fake.reply = Reply(text=" + 1", headers=CLOSE)
+            ok = await inline(client, URI, 1, _line_end(1))
+            await _stats(client)  # a round trip: earlier notifications have arrived
+        finally:
+            await stop_client(client)
+    assert _texts(ok) == [" + 1"]
+    assert [s["state"] for s in states] == ["error", "ok"]
+    assert "HTTP 503" in states[0]["message"]
