@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 ANCHOR_LINES = 32  # coarsest anchoring step (large budgets)
 ASSUMED_LINE_CHARS = 40  # for choosing the step from a budget in characters
-SUFFIX_SHARE = 0.2
+SUFFIX_SHARE = 0.12  # text after the cursor is recomputed on every keystroke (PSM order)
 CROSS_FILE_SHARE = 0.3
-MAX_SUFFIX_LINES = 48
+MAX_SUFFIX_LINES = 24
 # Characters per Qwen2.5 token, calibrated with the real tokenizer (the GGUF
 # vocabulary loaded by llama_cpp with vocab_only=True) on the first 20 kB of 40
 # random Python stdlib modules (546,150 chars -> 130,858 tokens: 4.17) and 40

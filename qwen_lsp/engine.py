@@ -128,7 +128,7 @@ class Engine:
         self._on_success = on_success
         self._clock = clock
         self._docs: dict[str, _DocState] = {}
-        self._latencies: deque[float] = deque(maxlen=10)
+        self._first_tokens: deque[float] = deque(maxlen=10)
 
     # -- public ----------------------------------------------------------------
     def forget(self, uri: str) -> None:
@@ -268,8 +268,14 @@ class Engine:
         # Mid-word the user is likely to keep typing; after punctuation, a
         # space or at a blank line a suggestion is most useful.
         factor = 1.3 if last.isalnum() or last == "_" else 1.1
-        latency = sum(self._latencies) / len(self._latencies) if self._latencies else 0.0
-        delay = slow_gap * factor - 0.1 * latency
+        # A slow upstream makes a request that the next key supersedes more
+        # wasteful (it is usually cancelled before its first token): wait a
+        # little longer for a real pause the slower the first token comes.
+        first_token = (
+            sum(self._first_tokens) / len(self._first_tokens) if self._first_tokens else 0.0
+        )
+        factor += min(0.3, 0.25 * first_token)
+        delay = slow_gap * factor
         return max(lo, min(hi, delay))
 
     def _launch(self, state: _DocState, ctx: CompletionContext) -> _Flight:
@@ -375,7 +381,8 @@ class Engine:
             if self._on_success:
                 self._on_success()
         elapsed = self._clock() - sent_at
-        self._latencies.append(elapsed)
+        if first_token is not None:
+            self._first_tokens.append(first_token - sent_at)
         self.stats.record_upstream(
             elapsed, None if first_token is None else first_token - sent_at
         )
