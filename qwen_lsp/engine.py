@@ -55,6 +55,9 @@ class EngineConfig:
     debounce_min_ms: int = 30
     debounce_max_ms: int = 600
     extra_body: dict[str, Any] = field(default_factory=dict)
+    # Editors: show the complete lines of a multi-line answer early. The CLI
+    # prints one answer and waits for the whole of it.
+    early_answers: bool = True
 
 
 @dataclass
@@ -302,6 +305,7 @@ class Engine:
     def _maybe_answer_early(self, flight: _Flight, sent_at: float) -> None:
         if (
             flight.answer.done()
+            or not self.config.early_answers
             or not flight.post.multiline
             or self._clock() - sent_at < EARLY_ANSWER_S
         ):
