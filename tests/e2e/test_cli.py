@@ -157,7 +157,8 @@ def test_serve_over_tcp_answers_initialize(tmp_path) -> None:
 def test_complete_prints_the_whole_block_not_an_early_answer(tmp_path) -> None:
     """Editors get complete lines early; the CLI waits for the whole suggestion."""
     f = _sample(tmp_path)
-    reply = Reply(chunks=["\n    total = a + b\n", "    return total\n"], token_delay=0.8)
+    # The second line is still arriving when the engine could answer early.
+    reply = Reply(chunks=["\n    total = a + b\n", "    return", " total\n"], token_delay=0.8)
     with FakeUpstream(reply) as fake:
         res = _run(["complete", f"{f}:2:5"], openai_env(tmp_path, fake.openai_base))
     assert res.returncode == 0, res.stderr
