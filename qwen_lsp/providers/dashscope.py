@@ -51,26 +51,7 @@ def output_text(output: dict[str, Any]) -> tuple[str, str | None]:
 
 
 class DashScopeNativeProvider(StreamingProvider):
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None,
-        model: str,
-        *,
-        connect_timeout: float,
-        read_timeout: float,
-        max_response_bytes: int = 1_000_000,
-        name: str = "dashscope",
-    ) -> None:
-        super().__init__(
-            base_url,
-            api_key,
-            model,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            max_response_bytes=max_response_bytes,
-            name=name,
-        )
+    default_name = "dashscope"
 
     def supports_fim(self) -> bool:
         return False

@@ -146,6 +146,8 @@ def encode_body(body: dict[str, Any]) -> bytes:
 class StreamingProvider:
     """Base class: client lifetime, request sending, SSE reading, errors."""
 
+    default_name = "upstream"
+
     def __init__(
         self,
         base_url: str,
@@ -155,9 +157,9 @@ class StreamingProvider:
         connect_timeout: float,
         read_timeout: float,
         max_response_bytes: int = 1_000_000,
-        name: str,
+        name: str | None = None,
     ) -> None:
-        self.name = name
+        self.name = name or self.default_name
         self.base_url = base_url.rstrip("/")
         self.model = model
         self._api_key = api_key or None

@@ -51,26 +51,7 @@ def choice_text(choice: Any) -> tuple[str, str | None]:
 
 
 class OpenAICompatProvider(StreamingProvider):
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None,
-        model: str,
-        *,
-        connect_timeout: float,
-        read_timeout: float,
-        max_response_bytes: int = 1_000_000,
-        name: str = "openai",
-    ) -> None:
-        super().__init__(
-            base_url,
-            api_key,
-            model,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            max_response_bytes=max_response_bytes,
-            name=name,
-        )
+    default_name = "openai"
 
     def supports_fim(self) -> bool:
         return True
