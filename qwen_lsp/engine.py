@@ -36,6 +36,8 @@ from qwen_lsp.providers.base import Provider, TextDelta, UpstreamError, Usage
 from qwen_lsp.stats import Stats
 
 ProviderSource = Callable[[], Awaitable[Provider]]
+# Cached for a context where the model produced nothing worth showing.
+NOTHING = Suggestion("")
 log = logging.getLogger("qwen_lsp")
 
 GAP_QUANTILE = 0.9
@@ -172,6 +174,10 @@ class Engine:
         state.last_request = started
 
         hit = self.cache.get(ctx.prefix, ctx.suffix)
+        if hit is not None and hit.suggestion is NOTHING:
+            self.stats.cache_hits += 1
+            timing.add(t)
+            return None
         if hit is not None:
             self.stats.cache_hits += 1
             if hit.typed:
@@ -396,6 +402,11 @@ class Engine:
         )
         if suggestion is not None:
             self.cache.put(flight.ctx.prefix, flight.ctx.suffix, suggestion)
+        elif error is None:
+            # The model had nothing useful here: remember that, so asking
+            # again at the same place (editors re-ask on cursor moves and
+            # focus) costs no upstream call.
+            self.cache.put(flight.ctx.prefix, flight.ctx.suffix, NOTHING)
         flight.post_time += time.perf_counter() - t
         return suggestion
 

@@ -188,3 +188,22 @@ async def test_every_request_of_a_burst_is_answered(tmp_path) -> None:
     assert stats["requests"] == len(text)
     # Superseded requests answer empty; the burst costs far fewer upstream calls.
     assert stats["upstreamRequests"] < len(text) / 2
+
+
+async def test_nothing_to_suggest_is_remembered(tmp_path) -> None:
+    """Asking again where the model had nothing costs no second upstream call."""
+    with FakeUpstream(Reply(text="   \n")) as fake:
+        client = await start_client(openai_env(tmp_path, fake.openai_base))
+        try:
+            open_doc(client, URI, DOC)
+            first = await inline(client, URI, 1, 4, invoked=False)
+            again = await inline(client, URI, 1, 4, invoked=False)
+            fake.reply = Reply(text="return a + b")
+            _type(client, 2, 1, 4, "r")
+            typed = await inline(client, URI, 1, 5, invoked=False)
+        finally:
+            await stop_client(client)
+    assert first is None and again is None
+    # A new context asks again.
+    assert typed is not None and typed.items[0].insert_text == "return a + b"
+    assert len(_posts(fake)) == 2
