@@ -18,7 +18,7 @@ import lsprotocol.types
 
 from qwen_lsp import context as qctx
 from qwen_lsp.prompts import FIM_PREFIX, FIM_SUFFIX, fim_prompt
-from tests.fake_upstream import Recorded, Reply, tokenize
+from tests.fake_upstream import Recorded, Reply, common_prefix_len, tokenize
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 SMALL_MODULES = ("textwrap.py", "shlex.py", "colorsys.py", "fnmatch.py")
@@ -261,15 +261,6 @@ def char_sliding_prompt(script: Script, pos: int, context_tokens: int = 1536) ->
 # -- statistics ------------------------------------------------------------------
 
 
-def common_prefix(a: Sequence[str], b: Sequence[str]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def suffix_tokens(prompt: str) -> int:
     """Tokens from the FIM suffix marker on: the part of a PSM prompt that
     comes after the cursor and so can never be shared with the next prompt."""
@@ -285,7 +276,7 @@ def prefix_reuse(prompts: Sequence[str]) -> tuple[int, int]:
         toks = tokenize(prompt)
         total += len(toks)
         if prev is not None:
-            shared += common_prefix(prev, toks)
+            shared += common_prefix_len(prev, toks)
         prev = toks
     return shared, total
 

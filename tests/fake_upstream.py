@@ -61,7 +61,7 @@ def count_tokens(text: str) -> int:
     return len(tokenize(text))
 
 
-def _common_prefix_len(a: list[str], b: list[str]) -> int:
+def common_prefix_len(a: list[str], b: list[str]) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:
@@ -371,7 +371,7 @@ class FakeUpstream:
         """Simulated implicit cache hit, then remember this prompt."""
         with self._cond:
             earlier = self._history.setdefault(model, [])
-            best = max((_common_prefix_len(tokens, p) for p in earlier), default=0)
+            best = max((common_prefix_len(tokens, p) for p in earlier), default=0)
             earlier.append(tokens)
             del earlier[:-_PROMPT_HISTORY]
         return best if best >= CACHE_MIN_TOKENS else 0
