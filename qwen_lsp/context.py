@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 ANCHOR_LINES = 32  # coarsest anchoring step (large budgets)
 ASSUMED_LINE_CHARS = 40  # for choosing the step from a budget in characters
@@ -72,7 +72,6 @@ class CompletionContext:
     repo_name: str = ""
     manual: bool = False
     prefix_start_line: int = 0
-    extras: dict = field(default_factory=dict, compare=False)
 
     @property
     def line_prefix(self) -> str:

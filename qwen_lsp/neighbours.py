@@ -571,9 +571,6 @@ class Neighbours:
         while len(self._recent) > 64:
             self._recent.popitem(last=False)
 
-    def forget_selection(self) -> None:
-        self._chosen.clear()
-
     # -- main entry ------------------------------------------------------------
     def snippets_for(
         self, doc: Any, offset: int, *, documents: Any, settings: Any, root: Path | None

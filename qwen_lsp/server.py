@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import time
-import uuid
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -343,9 +342,6 @@ def _display_name(uri: str) -> str:
     return unquote(tail) or "untitled"
 
 
-server = None  # created by create_server()
-
-
 def create_server() -> QwenServer:
     ls = QwenServer()
 
@@ -516,7 +512,3 @@ async def _warm_local(ls: QwenServer) -> None:
         ls.notifier.upstream_error(exc)
     except Exception as exc:  # noqa: BLE001 - never let a background task crash the server
         ls.notifier.log(types.MessageType.Error, f"local engine failed to start: {exc!r}")
-
-
-def new_token() -> str:
-    return f"qwen-{uuid.uuid4()}"

