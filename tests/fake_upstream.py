@@ -87,6 +87,7 @@ class Recorded:
     finished: float | None = None
     aborted: bool = False  # client closed before the full response was written
     status: int = 0  # status code the server answered with
+    client_port: int = 0  # the client's TCP port: equal ports mean a reused connection
 
 
 @dataclass
@@ -106,6 +107,7 @@ class Reply:
     cut_after: int | None = None  # drop the connection after N text chunks
     content_type: str | None = None
     endless: bool = False  # stream until the client goes away (at most 60 s)
+    linger: float = 0.0  # seconds between the final event and the end of the body
 
 
 ReplySource = Reply | Callable[[Recorded], Reply] | None
@@ -289,6 +291,7 @@ class FakeUpstream:
             body=body,
             json=parsed,
             started=time.monotonic(),
+            client_port=int(h.client_address[1]),
         )
         with self._cond:
             self.requests.append(rec)
@@ -432,6 +435,7 @@ class FakeUpstream:
             _write_chunk(h, frames.text(piece))
         for frame in frames.finish():
             _write_chunk(h, frame)
+        _pause(h, reply.linger)
         _write_chunk(h, b"")  # end of the chunked body
 
 

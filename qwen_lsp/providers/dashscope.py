@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import httpx
@@ -78,7 +79,7 @@ class DashScopeNativeProvider(StreamingProvider):
         body.update(request.extra)
         return f"{self.base_url}{GENERATION_PATH}", body
 
-    async def stream(self, request: UpstreamRequest) -> AsyncIterator[StreamEvent]:
+    async def _stream(self, request: UpstreamRequest) -> AsyncIterator[StreamEvent]:
         url, body = self.build(request)
         headers = {"Accept": "text/event-stream", "X-DashScope-SSE": "enable"}
         response = await self._open(url, body, headers)
@@ -107,23 +108,27 @@ class DashScopeNativeProvider(StreamingProvider):
     async def _parse_stream(self, response: httpx.Response) -> AsyncIterator[StreamEvent]:
         usage: Usage | None = None
         finished = False
-        async for sse in self._events(response):
-            if not sse.data.strip():
-                continue
-            frame = self._frame(sse.data)
-            output = frame.get("output")
-            if sse.event == "error" or not isinstance(output, dict):
-                if "code" in frame or "message" in frame or sse.event == "error":
-                    raise self._body_error(frame)
-                raise self._malformed(sse.data)
-            text, finish = output_text(output)
-            if text:
-                yield TextDelta(text)
-            # Usage is cumulative in every frame: the last one is the total.
-            usage = usage_from_native(frame.get("usage")) or usage
-            if finish is not None:
-                finished = True
-                break
+        events = self._events(response)
+        async with aclosing(events):
+            async for sse in events:
+                if not sse.data.strip():
+                    continue
+                frame = self._frame(sse.data)
+                output = frame.get("output")
+                if sse.event == "error" or not isinstance(output, dict):
+                    if "code" in frame or "message" in frame or sse.event == "error":
+                        raise self._body_error(frame)
+                    raise self._malformed(sse.data)
+                text, finish = output_text(output)
+                if text:
+                    yield TextDelta(text)
+                # Usage is cumulative in every frame: the last one is the total.
+                usage = usage_from_native(frame.get("usage")) or usage
+                if finish is not None:
+                    finished = True
+                    break
+            if finished:
+                await self._drain(events)
         if not finished:
             raise self._cut()
         if usage is not None:

@@ -9,6 +9,7 @@ scrubbing the API key from anything that ends up in a message.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import email.utils
 import ipaddress
@@ -23,12 +24,17 @@ from urllib.parse import urlsplit
 import httpx
 from httpx_sse import EventSource, ServerSentEvent
 
-from qwen_lsp.providers.base import UpstreamError
+from qwen_lsp.providers.base import StreamEvent, UpstreamError, UpstreamRequest
 
 # Upstream text quoted in a message is cut to this many characters.
 MAX_DETAIL_CHARS = 300
 # Error bodies are small; never read more than this from one.
 MAX_ERROR_BODY_BYTES = 64 * 1024
+# After the final event, how long and how many events we read to reach the
+# end of the body (normally just the terminating chunk, already in flight).
+DRAIN_TIMEOUT_S = 0.5
+DRAIN_MAX_EVENTS = 8
+IDLE_POLL_S = 0.05
 
 # Anything that looks like a DashScope/OpenAI style secret key. Used as a
 # second line of defence after removing the configured key itself.
@@ -167,6 +173,7 @@ class StreamingProvider:
         self._read_timeout = read_timeout
         self.max_response_bytes = max_response_bytes
         self._client: httpx.AsyncClient | None = None
+        self._open_streams = 0
 
     def __repr__(self) -> str:
         key = "set" if self._api_key else "none"
@@ -189,6 +196,37 @@ class StreamingProvider:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+    async def aclose_when_idle(self, grace: float) -> None:
+        """Close once no stream is open, or after ``grace`` seconds.
+
+        Used when settings change: completions already streaming from the old
+        endpoint finish instead of failing with a closed connection.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self._open_streams and loop.time() < deadline:
+            await asyncio.sleep(IDLE_POLL_S)
+        await self.aclose()
+
+    # -- streaming ------------------------------------------------------------
+
+    async def stream(self, request: UpstreamRequest) -> AsyncIterator[StreamEvent]:
+        """The completion for ``request`` as text deltas, then usage if reported.
+
+        Closing the iterator early closes the HTTP response, which stops the
+        upstream from generating (and billing) the rest.
+        """
+        self._open_streams += 1
+        try:
+            async with aclosing(self._stream(request)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            self._open_streams -= 1
+
+    def _stream(self, request: UpstreamRequest) -> AsyncIterator[StreamEvent]:
+        raise NotImplementedError
 
     # -- errors ---------------------------------------------------------------
 
@@ -335,6 +373,25 @@ class StreamingProvider:
                     yield event
         except httpx.HTTPError as exc:
             raise self._transport_error(exc, reading=True) from None
+
+    async def _drain(self, events: AsyncIterator[ServerSentEvent]) -> None:
+        """Read the rest of a finished stream so its connection can be reused.
+
+        httpx puts a connection back in its pool only when the body was read
+        to its end; a response closed earlier takes its connection with it,
+        and the next completion pays for a new TCP and TLS handshake. This is
+        best effort: a server that goes on talking after its final event is
+        cut off after a few events or a short wait.
+        """
+        seen = 0
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                async for _ in events:
+                    seen += 1
+                    if seen >= DRAIN_MAX_EVENTS:
+                        return
+        except (TimeoutError, UpstreamError):
+            pass
 
     def _wrong_content_type(self, ctype: str) -> UpstreamError:
         return self._error(

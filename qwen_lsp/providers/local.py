@@ -103,6 +103,14 @@ class LocalEngine:
 
     # ------------------------------------------------------------------ info
 
+    def runs_with(self, *, model_path: str | None, threads: int | None, context_size: int) -> bool:
+        """True if these settings describe the engine as it was started."""
+        wanted_threads = threads if threads and threads > 0 else default_threads()
+        return (model_path or None) == (self._explicit_model or None) and (
+            wanted_threads == self._threads and context_size == self._context_size
+        )
+
+
     @property
     def state(self) -> str:
         return self._state

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import httpx
@@ -76,7 +77,7 @@ class OpenAICompatProvider(StreamingProvider):
         body.update(request.extra)
         return url, body
 
-    async def stream(self, request: UpstreamRequest) -> AsyncIterator[StreamEvent]:
+    async def _stream(self, request: UpstreamRequest) -> AsyncIterator[StreamEvent]:
         url, body = self.build(request)
         response = await self._open(url, body, {"Accept": "text/event-stream"})
         try:
@@ -95,28 +96,32 @@ class OpenAICompatProvider(StreamingProvider):
     async def _parse_stream(self, response: httpx.Response) -> AsyncIterator[StreamEvent]:
         usage: Usage | None = None
         finished = False
-        async for sse in self._events(response):
-            data = sse.data.strip()
-            if data == "[DONE]":
-                finished = True
-                break
-            if not data:
-                continue
-            try:
-                chunk = json.loads(data)
-            except ValueError:
-                raise self._malformed(data) from None
-            if not isinstance(chunk, dict):
-                raise self._malformed(data)
-            if "error" in chunk:
-                raise self._body_error(chunk)
-            choices = chunk.get("choices") or []
-            if choices:
-                text, finish = choice_text(choices[0])
-                if text:
-                    yield TextDelta(text)
-                finished = finished or finish is not None
-            usage = usage_from_openai(chunk.get("usage")) or usage
+        events = self._events(response)
+        async with aclosing(events):
+            async for sse in events:
+                data = sse.data.strip()
+                if data == "[DONE]":
+                    finished = True
+                    break
+                if not data:
+                    continue
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    raise self._malformed(data) from None
+                if not isinstance(chunk, dict):
+                    raise self._malformed(data)
+                if "error" in chunk:
+                    raise self._body_error(chunk)
+                choices = chunk.get("choices") or []
+                if choices:
+                    text, finish = choice_text(choices[0])
+                    if text:
+                        yield TextDelta(text)
+                    finished = finished or finish is not None
+                usage = usage_from_openai(chunk.get("usage")) or usage
+            if finished:
+                await self._drain(events)
         if not finished:
             raise self._cut()
         if usage is not None:

@@ -488,6 +488,33 @@ async def test_client_reused_and_recreated_after_aclose(fake_upstream: FakeUpstr
     assert paths == ["/compatible-mode/v1/completions"] * 3
 
 
+@pytest.mark.parametrize("make,request_", [(openai, FIM), (openai, CHAT), (native, CHAT)],
+                         ids=["fim", "chat", "native"])
+async def test_finished_streams_keep_the_connection(
+    fake_upstream: FakeUpstream, make: Any, request_: UpstreamRequest
+) -> None:
+    """A stream read to its final event leaves its connection open for the next request."""
+    fake_upstream.set_text("return a + b")
+    provider = make(fake_upstream)
+    for _ in range(3):
+        assert (await collect(provider, request_))[0] == "return a + b"
+    await provider.aclose()
+    assert fake_upstream.wait_until_finished(5.0)
+    assert not any(r.aborted for r in fake_upstream.requests)
+    assert len({r.client_port for r in fake_upstream.requests}) == 1
+
+
+async def test_server_lingering_after_final_event_is_cut_off(fake_upstream: FakeUpstream) -> None:
+    """A body that stays open after [DONE] neither delays the text nor hangs the stream."""
+    fake_upstream.reply = Reply(text="return a + b", linger=30.0)
+    provider = openai(fake_upstream)
+    text, events = await asyncio.wait_for(collect(provider, FIM), 10.0)
+    await provider.aclose()
+    assert text == "return a + b" and isinstance(events[-1], Usage)
+    assert await asyncio.to_thread(fake_upstream.wait_until_finished, 5.0)
+    assert fake_upstream.requests[0].aborted  # we closed it; the next request opens a new one
+
+
 async def test_reply_callable_sees_request(fake_upstream: FakeUpstream) -> None:
     def reply(rec: Recorded) -> Reply:
         return Reply(text=str(rec.json["max_tokens"]))
@@ -530,3 +557,29 @@ async def test_make_provider_choices(fake_upstream: FakeUpstream) -> None:
     assert fake_upstream.requests[0].headers["authorization"] == "Bearer sk-override-key-111"
     for p in (chosen, compat, local):
         await p.aclose()
+
+
+async def test_aclose_when_idle_lets_open_streams_finish(fake_upstream: FakeUpstream) -> None:
+    """A settings change closes the old client only after its streams end."""
+    fake_upstream.reply = Reply(text="return a + b", token_delay=0.05)
+    provider = openai(fake_upstream)
+    task = asyncio.create_task(collect(provider, FIM))
+    assert await asyncio.to_thread(fake_upstream.wait_for_requests, 1, 5.0)
+    await provider.aclose_when_idle(30.0)
+    assert task.done(), "aclose_when_idle returned while a stream was still open"
+    text, events = task.result()
+    assert text == "return a + b" and isinstance(events[-1], Usage)
+    assert await asyncio.to_thread(fake_upstream.wait_until_finished, 5.0)
+    assert not fake_upstream.requests[0].aborted
+
+
+async def test_aclose_when_idle_cuts_streams_after_the_grace(fake_upstream: FakeUpstream) -> None:
+    fake_upstream.reply = Reply(text="x", endless=True, token_delay=0.05)
+    provider = openai(fake_upstream)
+    task = asyncio.create_task(collect(provider, FIM))
+    assert await asyncio.to_thread(fake_upstream.wait_for_requests, 1, 5.0)
+    await provider.aclose_when_idle(0.3)
+    with pytest.raises(UpstreamError):
+        await asyncio.wait_for(task, 10.0)
+    assert await asyncio.to_thread(fake_upstream.wait_until_finished, 5.0)
+    assert fake_upstream.requests[0].aborted
