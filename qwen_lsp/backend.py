@@ -15,6 +15,9 @@ from qwen_lsp.providers.base import Provider, UpstreamError
 from qwen_lsp.settings import NO_BACKEND_MESSAGE, Settings
 
 Progress = Callable[[str, float | None], None]
+# After a settings change, how long completions streaming from the old
+# endpoint may take before its client (and a replaced local engine) is closed.
+SWITCH_GRACE_S = 10.0
 
 
 class Backend:
@@ -67,17 +70,34 @@ class Backend:
         except LocalEngineError as exc:
             raise UpstreamError("config", str(exc)) from None
 
-    async def reset_provider(self) -> None:
-        """Drop the HTTP client (settings changed); the local engine keeps running."""
+    async def reset_provider(self, *, grace: float = SWITCH_GRACE_S) -> None:
+        """Drop the HTTP client (settings changed).
+
+        The local engine keeps running (and keeps its warm KV cache) unless
+        the settings no longer describe it: another provider, ``modelPath``,
+        ``threads`` or ``contextSize``. Then it is stopped, and the next
+        request starts one that matches. Streams still open on the old
+        client get ``grace`` seconds to finish first.
+        """
         async with self._lock:
             old, self._provider = self._provider, None
+            engine = self.local_engine
+            s = self.settings
+            if engine is not None and s.provider == "local" and engine.runs_with(
+                model_path=s.model_path, threads=s.threads, context_size=s.context_size
+            ):
+                engine = None
+            else:
+                self.local_engine = None
         if old is not None:
-            await old.aclose()
+            await old.aclose_when_idle(grace)
+        if engine is not None:
+            await engine.stop()
 
     def describe(self) -> dict[str, Any] | None:
         return self.local_engine.describe() if self.local_engine is not None else None
 
     async def aclose(self) -> None:
-        await self.reset_provider()
+        await self.reset_provider(grace=0)
         if self.local_engine is not None:
             await self.local_engine.stop()

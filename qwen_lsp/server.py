@@ -164,8 +164,16 @@ class QwenServer(LanguageServer):
         else:
             self.engine.config = config
         if changed_backend:
-            asyncio.get_event_loop().create_task(self.backend.reset_provider())
+            asyncio.get_event_loop().create_task(self._switch_backend())
         logging.getLogger("qwen_lsp").setLevel(settings.log_level.upper())
+
+    async def _switch_backend(self) -> None:
+        """New backend settings: drop the old client (and a local engine that no
+        longer matches), then, once the session is set up, start the new local
+        engine in the background as at start-up."""
+        await self.backend.reset_provider()
+        if self.config_ready.is_set() and self.settings.provider == "local":
+            await _warm_local(self)
 
     def _engine_config(self, s: Settings) -> EngineConfig:
         extra = self.backend.extra_body()

@@ -89,3 +89,59 @@ async def test_engine_start_is_reported_as_work_done_progress(tmp_path) -> None:
     percentages = [r.percentage for r in reports if getattr(r, "percentage", None) is not None]
     assert percentages == sorted(percentages) and percentages[-1] >= 80
     assert "ready" in reports[-1].message
+
+
+async def test_changed_engine_settings_restart_the_engine(tmp_path) -> None:
+    """contextSize changed in the editor: the running engine is replaced by one
+    that uses it; unrelated settings leave the warm engine alone."""
+    import asyncio
+
+    from lsprotocol import types
+
+    uri = "file:///work/proj/calc.py"
+    client = await start_client(server_env(tmp_path), configuration={"qwen": {}})
+
+    async def engine() -> dict | None:
+        status = await client.workspace_execute_command_async(
+            types.ExecuteCommandParams(command="qwen.status"))
+        return status["localEngine"]
+
+    async def reconfigure(section: dict) -> None:
+        client.set_configuration({"qwen": section})
+        client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings=None))
+
+    async def engine_other_than(pid: int) -> dict:
+        while True:  # the new engine starts in the background
+            now = await engine()
+            if now and now.get("pid") and now["pid"] != pid and now.get("state") == "ready":
+                return now
+            await asyncio.sleep(0.2)
+
+    try:
+        open_doc(client, uri, "def add(a, b):\n    \n")
+        assert (await inline(client, uri, 1, 4)).items
+        first = await engine()
+        assert first is not None and first["context_size"] == 4096
+        await reconfigure({"temperature": 0.0})
+        during = await inline(client, uri, 1, 4)
+        same = await engine()
+        await reconfigure({"temperature": 0.0, "contextSize": 2048})
+        racing = await inline(client, uri, 1, 4)  # races the switch: must not fail
+        second = await asyncio.wait_for(engine_other_than(first["pid"]), 120)
+        after = await inline(client, uri, 1, 4)
+        messages = [m.message for m in client.messages if m.type <= types.MessageType.Warning]
+    finally:
+        await stop_client(client)
+    assert during is not None and during.items and same is not None
+    assert same["pid"] == first["pid"], "an unrelated setting restarted the engine"
+    assert racing is not None and racing.items
+    assert second["context_size"] == 2048
+    assert after is not None and after.items, "no completion from the restarted engine"
+    assert messages == [], messages
+    try:
+        psutil.Process(first["pid"]).wait(timeout=15)
+    except psutil.NoSuchProcess:
+        pass
+    assert not psutil.pid_exists(first["pid"]) or (
+        psutil.Process(first["pid"]).status() == psutil.STATUS_ZOMBIE)
