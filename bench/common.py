@@ -268,17 +268,23 @@ def suffix_tokens(prompt: str) -> int:
     return 0 if at < 0 else len(tokenize(prompt[at:]))
 
 
-def prefix_reuse(prompts: Sequence[str]) -> tuple[int, int]:
-    """(tokens shared with the previous prompt's prefix, all prompt tokens)."""
-    shared = total = 0
+def prefix_reuse(prompts: Sequence[str]) -> tuple[int, int, int]:
+    """Tokens shared with the previous prompt's prefix, all prompt tokens, and
+    the tokens of the prompts that have a previous one (all but the first).
+
+    The first prompt of a run has nothing to repeat: the reuse rate is
+    ``shared / followers``; ``shared / total`` also charges the cold start.
+    """
+    shared = total = followers = 0
     prev: list[str] | None = None
     for prompt in prompts:
         toks = tokenize(prompt)
         total += len(toks)
         if prev is not None:
             shared += common_prefix_len(prev, toks)
+            followers += len(toks)
         prev = toks
-    return shared, total
+    return shared, total, followers
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
