@@ -89,10 +89,18 @@ def build_request(
     extra_body: dict[str, Any] | None = None,
 ) -> UpstreamRequest:
     limit = max_tokens if ctx.multiline else min(max_tokens, SINGLE_LINE_MAX_TOKENS)
+    stop = stop_sequences(mode, extra_stop)
+    if mode == "fim" and not ctx.multiline and ctx.line_prefix.strip() and "\n" not in stop:
+        # Mid-line only the rest of this line is shown: the upstream stops at
+        # the newline by itself, so the stream ends normally (exact usage, and
+        # the connection stays open for the next request) instead of being
+        # closed by us. Not on a blank line (its answer starts with a newline)
+        # nor in partial mode (chat models may open with a fence line).
+        stop.append("\n")
     common = {
         "max_tokens": limit,
         "temperature": temperature,
-        "stop": stop_sequences(mode, extra_stop),
+        "stop": stop,
         "extra": dict(extra_body or {}),
     }
     if mode == "fim":

@@ -207,3 +207,26 @@ async def test_nothing_to_suggest_is_remembered(tmp_path) -> None:
     # A new context asks again.
     assert typed is not None and typed.items[0].insert_text == "return a + b"
     assert len(_posts(fake)) == 2
+
+
+async def test_single_line_streams_end_at_the_newline_and_keep_the_connection(tmp_path) -> None:
+    """Mid-line, the upstream stops at the newline by itself: nothing is closed
+    early, usage is exact, and the next request reuses the connection."""
+    doc = "def add(a, b):\n    total = \n    return total\n\nx = \n"
+    with FakeUpstream(Reply(text="a + b\n    print(total)\n")) as fake:
+        client = await start_client(openai_env(tmp_path, fake.openai_base))
+        try:
+            open_doc(client, URI, doc)
+            first = await inline(client, URI, 1, 12)
+            second = await inline(client, URI, 4, 4)
+            stats = await client.workspace_execute_command_async(
+                types.ExecuteCommandParams(command="qwen.stats"))
+        finally:
+            await stop_client(client)
+    assert [r.items[0].insert_text for r in (first, second)] == ["a + b", "a + b"]
+    posts = _posts(fake)
+    assert len(posts) == 2 and all("\n" in p.json["stop"] for p in posts)
+    assert fake.wait_until_finished(5.0)
+    assert not any(p.aborted for p in posts)
+    assert posts[0].client_port == posts[1].client_port
+    assert stats["estimatedUsage"] == 0 and stats["earlyStops"] == 0

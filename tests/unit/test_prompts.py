@@ -92,9 +92,32 @@ def test_build_request(mode: str, multiline_setting: str, max_tokens: int, want_
                         extra_stop=("\n\n\n",))
     assert req.max_tokens == want_limit
     assert (req.prompt is not None) is fim and (req.messages is not None) is not fim
-    if fim:
-        assert req.stop[: len(QWEN_SPECIAL_TOKENS)] == list(QWEN_SPECIAL_TOKENS)
-    assert req.stop[-1] == "\n\n\n"
+    newline = ["\n"] if fim and multiline_setting == "never" else []  # mid-line, single
+    specials = list(QWEN_SPECIAL_TOKENS) if fim else []
+    assert req.stop == specials + ["\n\n\n"] + newline
+
+
+BLANK = SRC.index("\n\nprint") + 1  # the empty line between the function and the call
+
+
+@pytest.mark.parametrize(
+    ("mode", "offset", "multiline_setting", "stops_at_newline"),
+    [
+        ("fim", CURSOR, "never", True),  # mid-line: the line is all we show
+        ("fim", CURSOR, "auto", True),  # auto is single-line after `return `
+        ("fim", CURSOR, "always", False),  # the block must come through
+        ("fim", BLANK, "never", False),  # the answer starts with a newline
+        ("partial", CURSOR, "never", False),  # a chat model may open with a fence
+    ],
+)
+def test_newline_stop_only_where_one_line_is_all_we_show(
+    mode: str, offset: int, multiline_setting: str, stops_at_newline: bool
+) -> None:
+    ctx = build_context(SRC, offset, uri="file:///ws/calc.py", path="src/calc.py",
+                        language="python", version=1, context_tokens=1024,
+                        multiline_setting=multiline_setting)
+    req = build_request(ctx, mode=mode, max_tokens=64, temperature=0.0)
+    assert ("\n" in req.stop) is stops_at_newline
 
 
 def test_stop_sequences_do_not_repeat() -> None:
