@@ -103,6 +103,7 @@ class FileResult:
     requests: list[dict[str, Any]] = field(default_factory=list)
     upstream_prompts: int = 0
     upstream_aborted: int = 0
+    connections: int = 0  # TCP connections the upstream calls used (keep-alive reuse)
     upstream_wasted: int = 0  # closed before the first token could arrive
     upstream_keys: list[dict[str, Any]] = field(default_factory=list)
     prompt_tokens: int = 0
@@ -314,6 +315,7 @@ async def replay_file(run: str, script: Script, fake: FakeUpstream, accuracy: fl
     prompts = [r.json.get("prompt", "") for r in calls]
     res.upstream_prompts = len(prompts)
     res.upstream_aborted = sum(1 for r in calls if r.aborted)
+    res.connections = len({r.client_port for r in calls})
     res.upstream_wasted = sum(1 for r in calls if r.aborted and r.finished is not None
                               and r.finished - r.started < FIRST_TOKEN_S)
     res.shared_tokens, res.prompt_tokens, res.follow_tokens = prefix_reuse(prompts)
@@ -517,8 +519,8 @@ def render(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
             f"{_ms(s['fast_rtt_p50'])} / {_ms(s['fast_rtt_p99'])} ({s['fast_count']}) | "
             f"{s['rss_mb']:.0f} |")
     out += ["", "Per file (server counters from `qwen.stats`):", "",
-            ("| run | file | keys | LSP requests | upstream | closed early (of which before "
-            "1st token) | cache hits (typed-through) | attached | superseded | cancelled | "
+            ("| run | file | keys | LSP requests | upstream (connections) | closed early (of "
+            "which before 1st token) | cache hits (typed-through) | attached | superseded | cancelled | "
             "overhead p50 / p99 ms (n) | RSS MB |"),
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run, files in results.items():
@@ -527,7 +529,8 @@ def render(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
             ov = st.get("serverOverheadMs", {})
             out.append(
                 f"| {run} | {f['file']} | {f['keys']} | {len(f['requests'])} | "
-                f"{f['upstream_prompts']} | {f['upstream_aborted']} ({f['upstream_wasted']}) | "
+                f"{f['upstream_prompts']} ({f.get('connections', '-')}) | "
+                f"{f['upstream_aborted']} ({f['upstream_wasted']}) | "
                 f"{st.get('cacheHits')} ({st.get('typedThroughHits')}) | {st.get('attached')} | "
                 f"{st.get('superseded')} | {st.get('cancelled')} | "
                 f"{_num(ov.get('p50'), '{:.2f}')} / {_num(ov.get('p99'), '{:.2f}')} "
@@ -633,7 +636,9 @@ request arrives before the next key, *useful* when it is a prefix of what the us
 next; latency runs from the key to that answer. *Fast answers*: non-empty answers in
 under 250 ms (the fake needs 300 ms for a first token), i.e. cache hits or attached
 streams. `serverOverheadMs` comes from `qwen.stats` and only holds requests that produced
-an answer (n in the per-file table) plus post-processing.
+an answer (n in the per-file table) plus post-processing. *Connections*: distinct TCP
+connections the upstream calls came on; a stream closed early takes its connection with
+it (that is what stops the generation), a finished one leaves it open for the next call.
 """
 
 
