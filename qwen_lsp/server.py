@@ -22,6 +22,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol, lsp_method
+from pygls.protocol.json_rpc import RPCRequest
 
 from qwen_lsp import __version__
 from qwen_lsp.backend import Backend
@@ -61,15 +62,23 @@ class QwenProtocol(LanguageServerProtocol):
     _server: QwenServer
 
     def structure_message(self, data: dict[str, Any]) -> Any:
+        msg_id = data.get("id")
+        is_request = "method" in data and isinstance(msg_id, (int, str))
         try:
-            return super().structure_message(data)
+            message = super().structure_message(data)
         except JsonRpcException as exc:
             # pygls drops a request whose params do not parse, which leaves the
             # editor waiting forever: answer it with the error (InvalidParams).
-            msg_id = data.get("id")
-            if "method" in data and isinstance(msg_id, (int, str)):
+            if is_request:
                 self._send_response(msg_id, None, exc.to_response_error())
             raise
+        if is_request and not isinstance(message, RPCRequest):
+            # A notification method sent with an id: pygls would run it as the
+            # notification it is and never answer, so the client would wait
+            # forever. It still runs (a didChange must not be lost); the
+            # answer is a null result.
+            self._send_response(msg_id, None)
+        return message
 
     @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
     def lsp_text_document__did_open(

@@ -307,6 +307,27 @@ async def test_unknown_methods_and_malformed_params(tmp_path: Path) -> None:
             await stop_client(client)
 
 
+async def test_notification_methods_sent_as_requests_are_answered_and_applied(
+    tmp_path: Path,
+) -> None:
+    """A client that puts an id on didChange must get an answer, and the edit
+    must still reach the server's copy of the document."""
+    text = "k = \n"
+    with FakeUpstream(Reply(text="7")) as fake:
+        client = await _start(tmp_path, fake)
+        try:
+            open_doc(client, URI, text)
+            change = {"textDocument": {"uri": URI, "version": 2},
+                      "contentChanges": [{"range": {"start": {"line": 0, "character": 0},
+                                                    "end": {"line": 0, "character": 0}},
+                                          "text": "total_"}]}
+            assert await raw_request(client, "textDocument/didChange", change) is None
+            assert await raw_request(client, "$/setTrace", {"value": "off"}) is None
+            assert await server_copy(client, fake, URI, "total_" + text) == "total_" + text
+        finally:
+            await stop_client(client)
+
+
 async def test_fifty_megabyte_document(tmp_path: Path) -> None:
     line = "value = compute(alpha, beta)  # padding padding padding\n"
     count = 50_000_000 // len(line) + 1
