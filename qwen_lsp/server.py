@@ -156,6 +156,10 @@ class QwenServer(LanguageServer):
             self.engine is None
             or _backend_key(settings) != _backend_key(self.settings)
         )
+        if self.engine is not None and settings != self.settings:
+            # Cached suggestions came from the old model, prompt or sampling
+            # settings; none of them may outlive the change.
+            self.engine.cache.clear()
         self.settings = settings
         self.backend.settings = settings
         self._files.clear()

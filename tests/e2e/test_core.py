@@ -7,6 +7,7 @@ and position encodings on non-ASCII lines.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -145,6 +146,43 @@ async def test_settings_from_initialization_options_and_configuration(tmp_path) 
     body = next(r for r in fake.requests if r.method == "POST").json
     assert body["model"] == "from-workspace"
     assert body["max_tokens"] == 33
+
+
+async def test_changed_settings_drop_cached_suggestions(tmp_path) -> None:
+    """A suggestion cached under one model is not served after switching to another;
+    a configuration change that changes nothing keeps the cache."""
+    replies = {"first": "a + b", "second": "b + a"}
+    with FakeUpstream(lambda rec: Reply(text=replies[rec.json["model"]])) as fake:
+        section = {"provider": "openai", "baseUrl": fake.openai_base, "debounceMs": 0,
+                   "model": "first"}
+        client = await start_client(server_env(tmp_path), configuration={"qwen": section})
+
+        async def reconfigure(model: str) -> None:
+            client.set_configuration({"qwen": {**section, "model": model}})
+            client.workspace_did_change_configuration(
+                types.DidChangeConfigurationParams(settings=None))
+            for _ in range(500):  # until the server has pulled the new section
+                status = await client.workspace_execute_command_async(
+                    types.ExecuteCommandParams(command="qwen.status"))
+                if status["settings"]["model"] == model:
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError("the server never applied the new configuration")
+
+        try:
+            open_doc(client, URI, DOC)
+            first = await inline(client, URI, 1, 11)
+            await reconfigure("first")  # nothing changed: still cached
+            cached = await inline(client, URI, 1, 11)
+            calls_before_switch = len([r for r in fake.requests if r.method == "POST"])
+            await reconfigure("second")
+            second = await inline(client, URI, 1, 11)
+        finally:
+            await stop_client(client)
+    texts = [r.items[0].insert_text for r in (first, cached, second)]
+    assert texts == ["a + b", "a + b", "b + a"]
+    posts = [r.json["model"] for r in fake.requests if r.method == "POST"]
+    assert calls_before_switch == 1 and posts == ["first", "second"]
 
 
 async def test_invalid_setting_gives_one_message_and_keeps_working(tmp_path) -> None:
