@@ -155,6 +155,7 @@ class QwenServer(LanguageServer):
         changed_backend = (
             self.engine is None
             or _backend_key(settings) != _backend_key(self.settings)
+            or settings.enabled and not self.settings.enabled  # warm the engine up now
         )
         if self.engine is not None and settings != self.settings:
             # Cached suggestions came from the old model, prompt or sampling
@@ -185,7 +186,8 @@ class QwenServer(LanguageServer):
         longer matches), then, once the session is set up, start the new local
         engine in the background as at start-up."""
         await self.backend.reset_provider()
-        if self.config_ready.is_set() and self.settings.provider == "local":
+        s = self.settings
+        if self.config_ready.is_set() and s.provider == "local" and s.enabled:
             await _warm_local(self)
 
     def _engine_config(self, s: Settings) -> EngineConfig:
@@ -276,6 +278,9 @@ class QwenServer(LanguageServer):
             timing.add(t)
             return None
         s = self.settings
+        if not s.enabled or doc.language_id in s.disabled_languages:
+            timing.add(t)
+            return None
         rel, excluded = self._file_info(uri)
         if excluded or doc.larger_than(s.max_file_bytes):
             timing.add(t)
@@ -391,7 +396,7 @@ def create_server() -> QwenServer:
             ls.config_ready.set()
         if ls.settings.provider is None:
             ls.notifier.show_once("no-backend", types.MessageType.Warning, NO_BACKEND_MESSAGE)
-        elif ls.settings.provider == "local":
+        elif ls.settings.provider == "local" and ls.settings.enabled:
             # Start the embedded engine now so the first keystroke doesn't wait.
             asyncio.get_running_loop().create_task(_warm_local(ls))
 

@@ -113,6 +113,8 @@ def redact_key(key: str | None) -> str | None:
 class Settings:
     """Every knob of qwen-lsp. Build it with :func:`load_settings`."""
 
+    enabled: bool = True  # false: no completions and no upstream calls at all
+    disabled_languages: tuple[str, ...] = ()  # LSP language ids with no completions
     provider: str | None = None  # "dashscope" | "openai" | "local"; None until resolved
     region: str = "intl"  # "intl" | "cn"
     base_url: str | None = None
@@ -349,6 +351,10 @@ def _path_parse(raw: Any) -> str:
 
 
 _RULES: dict[str, _Rule] = {
+    "enabled": _Rule("true or false", _parse_bool),
+    "disabled_languages": _Rule(
+        "a list of language ids (comma-separated in the environment)", _parse_str_list
+    ),
     "provider": _enum_rule("dashscope", "openai", "local", auto_none=True),
     "region": _enum_rule("intl", "cn"),
     "base_url": _Rule("an http:// or https:// URL", _url_parse),

@@ -185,6 +185,44 @@ async def test_changed_settings_drop_cached_suggestions(tmp_path) -> None:
     assert calls_before_switch == 1 and posts == ["first", "second"]
 
 
+async def test_disabled_languages_and_the_enabled_switch(tmp_path) -> None:
+    """No completion and no upstream call in a disabled language or while
+    disabled; turning it back on in the editor resumes completions."""
+    md_uri = "file:///work/proj/notes.md"
+    with FakeUpstream(Reply(text="a + b")) as fake:
+        section = {"provider": "openai", "baseUrl": fake.openai_base, "debounceMs": 0,
+                   "disabledLanguages": ["markdown"], "enabled": False}
+        client = await start_client(server_env(tmp_path), configuration={"qwen": section})
+
+        async def reconfigure(**changes: object) -> None:
+            client.set_configuration({"qwen": {**section, **changes}})
+            client.workspace_did_change_configuration(
+                types.DidChangeConfigurationParams(settings=None))
+            for _ in range(500):  # until the server has pulled the new section
+                status = await client.workspace_execute_command_async(
+                    types.ExecuteCommandParams(command="qwen.status"))
+                if all(status["settings"][k] == v for k, v in changes.items()):
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError("the server never applied the new configuration")
+
+        try:
+            open_doc(client, URI, DOC)
+            open_doc(client, md_uri, "Sum: def add(a, b): return ", language="markdown")
+            off = [await inline(client, URI, 1, 11), await complete(client, URI, 1, 11)]
+            calls_while_off = len(fake.requests)
+            await reconfigure(enabled=True)
+            python = await inline(client, URI, 1, 11)
+            markdown = [await inline(client, md_uri, 0, 27), await complete(client, md_uri, 0, 27)]
+        finally:
+            await stop_client(client)
+    assert calls_while_off == 0
+    assert all(r is None or not _items(r) for r in off), off
+    assert python is not None and python.items[0].insert_text == "a + b"
+    assert all(r is None or not _items(r) for r in markdown), markdown
+    assert len([r for r in fake.requests if r.method == "POST"]) == 1
+
+
 async def test_invalid_setting_gives_one_message_and_keeps_working(tmp_path) -> None:
     with FakeUpstream(Reply(text="a + b")) as fake:
         client = await start_client(
@@ -278,3 +316,10 @@ def test_stats_snapshot_is_json() -> None:
     s = Stats()
     s.record_answer(0.01, hit=False)
     assert json.loads(json.dumps(s.snapshot()))["latencyMs"]["p50"] == 10.0
+
+
+def _items(result: object) -> list:
+    """Items of an inline or completion answer (list or CompletionList)."""
+    if isinstance(result, list):
+        return result
+    return list(getattr(result, "items", None) or [])

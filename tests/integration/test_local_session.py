@@ -145,3 +145,40 @@ async def test_changed_engine_settings_restart_the_engine(tmp_path) -> None:
         pass
     assert not psutil.pid_exists(first["pid"]) or (
         psutil.Process(first["pid"]).status() == psutil.STATUS_ZOMBIE)
+
+
+async def test_disabled_server_leaves_the_engine_off_until_enabled(tmp_path) -> None:
+    import asyncio
+
+    from lsprotocol import types
+
+    uri = "file:///work/proj/calc.py"
+    client = await start_client(server_env(tmp_path), configuration={"qwen": {"enabled": False}})
+
+    async def status() -> dict:
+        return await client.workspace_execute_command_async(
+            types.ExecuteCommandParams(command="qwen.status"))
+
+    try:
+        open_doc(client, uri, "def add(a, b):\n    \n")
+        off = await inline(client, uri, 1, 4)  # a manual trigger, answered at once
+        engine_while_off = (await status())["localEngine"]
+        client.set_configuration({"qwen": {"enabled": True}})
+        client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings=None))
+
+        async def ready() -> dict:
+            while True:  # started in the background, without a completion request
+                engine = (await status())["localEngine"]
+                if engine and engine.get("state") == "ready":
+                    return engine
+                await asyncio.sleep(0.2)
+
+        engine = await asyncio.wait_for(ready(), 120)
+        on = await inline(client, uri, 1, 4)
+    finally:
+        await stop_client(client)
+    assert off is None or not off.items
+    assert engine_while_off is None, engine_while_off
+    assert engine["pid"]
+    assert on is not None and on.items

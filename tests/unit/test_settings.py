@@ -149,6 +149,9 @@ ENV_CASES = [
     ("QWEN_LSP_MAX_FILE_BYTES", "2048", "max_file_bytes", 2048),
     ("QWEN_LSP_DEBOUNCE_MIN_MS", "0", "debounce_min_ms", 0),
     ("QWEN_LSP_CONNECT_TIMEOUT_MS", "700", "connect_timeout_ms", 700),
+    ("QWEN_LSP_ENABLED", "false", "enabled", False),
+    ("QWEN_LSP_DISABLED_LANGUAGES", "markdown, plaintext", "disabled_languages",
+     ("markdown", "plaintext")),
 ]
 
 
@@ -206,6 +209,8 @@ INVALID_CASES = [
     ("baseUrl", "ftp://example.com", "base_url"),
     ("baseUrl", "localhost:8080", "base_url"),
     ("model", 42, "model"),
+    ("enabled", "nope", "enabled"),
+    ("disabledLanguages", {"md": True}, "disabled_languages"),
 ]
 
 

@@ -82,12 +82,21 @@ async function restart(): Promise<void> {
   }
 }
 
+// Flips "qwen.enabled" in the user settings; the server pulls the change.
+async function toggle(): Promise<void> {
+  const config = vscode.workspace.getConfiguration('qwen');
+  const wasOn = config.get<boolean | null>('enabled') !== false;
+  await config.update('enabled', !wasOn, vscode.ConfigurationTarget.Global);
+  vscode.window.setStatusBarMessage(`Qwen completions ${wasOn ? 'off' : 'on'}`, 3000);
+}
+
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
   output = vscode.window.createOutputChannel('Qwen LSP', { log: true });
   context.subscriptions.push(
     output,
     vscode.commands.registerCommand('qwen.showStatus', showStatus),
     vscode.commands.registerCommand('qwen.restart', restart),
+    vscode.commands.registerCommand('qwen.toggle', toggle),
   );
   await startClient();
 }
