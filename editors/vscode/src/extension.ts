@@ -14,6 +14,25 @@ import {
 
 let client: LanguageClient | undefined;
 let output: vscode.LogOutputChannel | undefined;
+let statusItem: vscode.StatusBarItem | undefined;
+let serverState: { state: string; message: string } = { state: 'ok', message: '' };
+
+// The status bar shows whether completions are on and the server's last
+// qwen/status notification ({state: "ok" | "error", message}).
+function renderStatus(): void {
+  if (!statusItem) {
+    return;
+  }
+  const on = vscode.workspace.getConfiguration('qwen').get<boolean | null>('enabled') !== false;
+  const failing = serverState.state === 'error';
+  statusItem.text = !on ? '$(circle-slash) Qwen' : failing ? '$(warning) Qwen' : '$(sparkle) Qwen';
+  statusItem.tooltip = !on
+    ? 'Qwen completions are off (click to turn on)'
+    : failing
+      ? `Qwen: ${serverState.message} (click to turn completions off)`
+      : 'Qwen completions are on (click to turn off)';
+  statusItem.show();
+}
 
 function serverOptions(): ServerOptions {
   const configured = vscode.workspace
@@ -35,6 +54,10 @@ function clientOptions(): LanguageClientOptions {
 
 async function startClient(): Promise<void> {
   client = new LanguageClient('qwen-lsp', 'Qwen LSP', serverOptions(), clientOptions());
+  client.onNotification('qwen/status', (params: { state?: string; message?: string }) => {
+    serverState = { state: params?.state ?? 'ok', message: params?.message ?? '' };
+    renderStatus();
+  });
   await client.start();
 }
 
@@ -92,8 +115,17 @@ async function toggle(): Promise<void> {
 
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
   output = vscode.window.createOutputChannel('Qwen LSP', { log: true });
+  statusItem = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100);
+  statusItem.command = 'qwen.toggle';
+  renderStatus();
   context.subscriptions.push(
     output,
+    statusItem,
+    vscode.workspace.onDidChangeConfiguration((e) => {
+      if (e.affectsConfiguration('qwen.enabled')) {
+        renderStatus();
+      }
+    }),
     vscode.commands.registerCommand('qwen.showStatus', showStatus),
     vscode.commands.registerCommand('qwen.restart', restart),
     vscode.commands.registerCommand('qwen.toggle', toggle),
