@@ -469,13 +469,71 @@ def _fit_indent(line: str, ctx: PostContext) -> str:
     return kept + line.lstrip(" \t")
 
 
+# Languages whose blocks open with a line ending in ":" (Python) or "{" (the
+# C family), so that the line above a blank cursor line tells how deep the
+# next line may go.
+_INDENT_CAP_LANGS = frozenset({"python"}) | (_SLASH_COMMENTS - {"json", "jsonc", "proto"})
+# A line ending like this continues on the next one, at any indentation.
+_CONTINUES = ("\\", "=>", "->", "=", "+", "-", "*", "/", "%", "&&", "||", "?", ".", "|", "&",
+              "^", "<", ">", "(", "[", ",")
+# Brace-less control statements: "if (x)" may be followed by one deeper line.
+_BRACELESS_HEADER = re.compile(r"\s*(?:\}\s*)?(?:if|for|foreach|while|else|do|using|lock)\b")
+
+
+def _indent_cap(ctx: PostContext) -> int | None:
+    """The deepest indentation (columns) the first line at a blank cursor line may have.
+
+    Small models often start a block body one level too deep (and close it
+    one level too deep), where the line above leaves no doubt: after a
+    statement the next line is no deeper, after a block opener one unit
+    deeper. The editor's own indentation of the cursor line also counts.
+    None where the line above does not decide it (inside ( or [, after a
+    continued line, in languages whose block openers are not known here).
+    """
+    if ctx.language.lower() not in _INDENT_CAP_LANGS or ctx.cursor_indent != ctx.line_prefix:
+        return None
+    info = _prefix_info(ctx.prefix, ctx.language)
+    if info.state.quote or info.state.comment == "block":
+        return None
+    if info.stack and info.stack[-1][0] != "{":
+        return None
+    above = [line for line in ctx.prefix.split("\n")[-51:-1] if line.strip()]
+    if not above:
+        return None
+    prev = above[-1].rstrip("\r")
+    code = _strip_comment(prev, ctx)
+    opens = _opens_block(code)
+    if not code.strip() or code.endswith(_CONTINUES) or (
+        not opens and _BRACELESS_HEADER.match(code)
+    ):
+        return None
+    tab = _tab_width(ctx)
+    cap = _width(prev, ctx) + (_columns(ctx.indent_unit, tab) if opens else 0)
+    return max(cap, _columns(ctx.line_prefix, tab))
+
+
 def fit_leading_newline(text: str, ctx: PostContext) -> str:
-    """At a blank cursor line, turn "\\n" + indented line into text for the cursor."""
+    """At a blank cursor line, turn "\\n" + indented line into text for the cursor.
+
+    A first line deeper than :func:`_indent_cap` allows is moved up to it,
+    and the lines after it move by the same amount.
+    """
     if ctx.line_prefix.strip() or not text.startswith(("\n", "\r\n")):
         return text
     rest = text[text.index("\n") + 1 :]
     first, sep, tail = rest.partition("\n")
-    return _fit_indent(first, ctx) + sep + tail
+    cap = _indent_cap(ctx) if first.strip() else None
+    tab = _tab_width(ctx)
+    over = 0 if cap is None else _columns(_leading_ws(first), tab) - cap
+    if over <= 0:
+        return _fit_indent(first, ctx) + sep + tail
+    first = _render_indent(cap, ctx) + first.lstrip(" \t")
+    moved = [
+        _render_indent(max(0, _columns(_leading_ws(line), tab) - over), ctx) + line.lstrip(" \t")
+        if line.strip() else line
+        for line in tail.split("\n")
+    ]
+    return _fit_indent(first, ctx) + sep + "\n".join(moved)
 
 
 def trim_single_line(text: str, ctx: PostContext) -> str:

@@ -185,14 +185,66 @@ def test_drop_doubled_space(raw: str, ctx: PostContext, expected: str) -> None:
 
 NEWLINE_CASES = [
     ("python-indented", "\n        return x", PY_IF, "return x"),
-    ("deeper-than-cursor", "\n            pass", PY_IF, "    pass"),
+    # Found by bench/quality.py: one level too deep where the block above
+    # leaves no doubt (IndentationError in Python); moved up to the body.
+    ("deeper-than-the-block-allows", "\n            pass", PY_IF, "pass"),
+    ("too-deep-after-a-statement", "\n        return y", PY_BODY, "return y"),
+    (
+        # @sigstore/verify tlog/index.js: body and closers all one level too deep.
+        "js-body-and-closers-move-together",
+        "\n            throw e;\n        }\n    }",
+        PostContext("    if (a) {\n        ", "\n    }\n", "javascript"),
+        "throw e;\n    }\n}",
+    ),
+    (
+        "opener-with-a-trailing-comment",
+        "\n            pass",
+        PostContext("def f(x):\n    if x:  # note\n        ", "\n", "python"),
+        "pass",
+    ),
+    (
+        "editor-indent-deeper-than-the-block",
+        "\n            x()",
+        PostContext("def f():\n    y = 1\n        ", "\n", "python"),
+        "x()",
+    ),
+    (
+        "inside-parens-hanging-indent-kept",
+        "\n        b)",
+        PostContext("foo(a,\n    ", "\n", "python"),
+        "    b)",
+    ),
+    (
+        "after-a-continued-line-kept",
+        "\n        c",
+        PostContext("x = a + \\\n    ", "\n", "python"),
+        "    c",
+    ),
+    (
+        "braceless-if-kept",
+        "\n        y();",
+        PostContext("if (x)\n    ", "\n", "c"),
+        "    y();",
+    ),
+    (
+        "unknown-block-syntax-kept",
+        "\n      x",
+        PostContext("def f\n  ", "\nend\n", "ruby", indent_unit="  "),
+        "    x",
+    ),
     ("keeps-later-lines", "\n    z = y\n    return z", PY_BODY, "z = y\n    return z"),
     ("column-zero-cursor", "\n    x = 1", PostContext("def f():\n", "\n"), "    x = 1"),
     (
         "tabs-doc-spaces-model",
         "\n        x()",
-        PostContext("void f() {\n\t", "\n}", "c"),
-        "    x()",
+        PostContext("void f() {\n\t", "\n}", "c", indent_unit="\t"),
+        "x()",
+    ),
+    (
+        "tabs-doc-spaces-model-nested",
+        "\n        x()",
+        PostContext("void f() {\n\tif (a) {\n\t", "\n}", "c", indent_unit="\t"),
+        "\tx()",  # one level deeper than the cursor, as the block needs
     ),
     ("mid-line-untouched", "\nfoo", PostContext("x = ", "\n"), "\nfoo"),
     ("no-leading-newline", "return x", PY_IF, "return x"),
