@@ -762,6 +762,8 @@ def drop_suffix_copy(text: str, ctx: PostContext) -> str:
         return text
     if not ctx.line_prefix.strip() and lines[0].strip() == upcoming[0]:
         return ""  # the whole completion starts by copying the next line
+    if lines[0].strip() == upcoming[0] and len(upcoming[0]) >= 8:
+        return ""  # mid-line, the rest of the line is the next line over again
     raw_upcoming = [line.rstrip() for line in _next_nonblank(ctx)]
     for j in range(1, len(lines)):
         key = lines[j].strip()

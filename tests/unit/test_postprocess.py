@@ -476,6 +476,21 @@ SUFFIX_COPY_CASES = [
         "if (y) {\n      g();\n    }",
     ),
     ("unrelated-untouched", "z = y + 1\n    w = z", PY_BODY, "z = y + 1\n    w = z"),
+    (
+        # Found by bench/quality.py (urllib/request.py): the model skips the
+        # missing call and writes the next line in its place.
+        "mid-line-rest-is-the-next-line",
+        "self._parse()",
+        PostContext("    def f(self, url):\n        self.url, self.tag = ",
+                    "\n        self._parse()\n", "python", multiline=False),
+        "",
+    ),
+    (
+        "mid-line-short-repeat-kept",
+        "x()",
+        PostContext("    a = ", "\n    x()\n", "python", multiline=False),
+        "x()",
+    ),
 ]
 
 
