@@ -110,7 +110,6 @@ class LocalEngine:
             wanted_threads == self._threads and context_size == self._context_size
         )
 
-
     @property
     def state(self) -> str:
         return self._state
