@@ -480,6 +480,7 @@ _CONTINUES = ("\\", "=>", "->", "=", "+", "-", "*", "/", "%", "&&", "||", "?", "
 _BRACELESS_HEADER = re.compile(r"\s*(?:\}\s*)?(?:if|for|foreach|while|else|do|using|lock)\b")
 
 
+@lru_cache(maxsize=64)  # asked again for every streamed piece of one answer
 def _indent_cap(ctx: PostContext) -> int | None:
     """The deepest indentation (columns) the first line at a blank cursor line may have.
 
@@ -497,7 +498,7 @@ def _indent_cap(ctx: PostContext) -> int | None:
         return None
     if info.stack and info.stack[-1][0] != "{":
         return None
-    above = [line for line in ctx.prefix.split("\n")[-51:-1] if line.strip()]
+    above = [line for line in ctx.prefix.rsplit("\n", 51)[-51:-1] if line.strip()]
     if not above:
         return None
     prev = above[-1].rstrip("\r")

@@ -6,6 +6,7 @@ Qwen cloud API is replaced, by tests/fake_upstream.py on loopback.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import Mapping
@@ -95,3 +96,28 @@ async def complete(client: LanguageClient, uri: str, line: int, character: int,
     return await client.text_document_completion_async(types.CompletionParams(
         text_document=types.TextDocumentIdentifier(uri=uri),
         position=types.Position(line=line, character=character), context=ctx))
+
+
+async def status(client: LanguageClient) -> dict[str, Any]:
+    """The server's ``qwen.status`` (resolved settings, local engine)."""
+    return await client.workspace_execute_command_async(
+        types.ExecuteCommandParams(command="qwen.status"))
+
+
+async def reconfigure(client: LanguageClient, section: dict[str, Any],
+                      applied: dict[str, Any] | None = None) -> None:
+    """Change the client's ``qwen`` section and tell the server, which pulls it.
+
+    With ``applied`` (camelCase setting -> value), wait until ``qwen.status``
+    shows those values, i.e. the server has reloaded its settings.
+    """
+    client.set_configuration({"qwen": section})
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+    if not applied:
+        return
+    for _ in range(500):
+        settings = (await status(client))["settings"]
+        if all(settings[key] == value for key, value in applied.items()):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the server never applied {applied}")

@@ -7,7 +7,6 @@ and position encodings on non-ASCII lines.
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
@@ -19,6 +18,7 @@ from tests.harness import (
     inline,
     open_doc,
     openai_env,
+    reconfigure,
     server_env,
     start_client,
     stop_client,
@@ -156,26 +156,13 @@ async def test_changed_settings_drop_cached_suggestions(tmp_path) -> None:
         section = {"provider": "openai", "baseUrl": fake.openai_base, "debounceMs": 0,
                    "model": "first"}
         client = await start_client(server_env(tmp_path), configuration={"qwen": section})
-
-        async def reconfigure(model: str) -> None:
-            client.set_configuration({"qwen": {**section, "model": model}})
-            client.workspace_did_change_configuration(
-                types.DidChangeConfigurationParams(settings=None))
-            for _ in range(500):  # until the server has pulled the new section
-                status = await client.workspace_execute_command_async(
-                    types.ExecuteCommandParams(command="qwen.status"))
-                if status["settings"]["model"] == model:
-                    return
-                await asyncio.sleep(0.01)
-            raise AssertionError("the server never applied the new configuration")
-
         try:
             open_doc(client, URI, DOC)
             first = await inline(client, URI, 1, 11)
-            await reconfigure("first")  # nothing changed: still cached
+            await reconfigure(client, section, {"model": "first"})  # no change: still cached
             cached = await inline(client, URI, 1, 11)
             calls_before_switch = len([r for r in fake.requests if r.method == "POST"])
-            await reconfigure("second")
+            await reconfigure(client, {**section, "model": "second"}, {"model": "second"})
             second = await inline(client, URI, 1, 11)
         finally:
             await stop_client(client)
@@ -193,25 +180,12 @@ async def test_disabled_languages_and_the_enabled_switch(tmp_path) -> None:
         section = {"provider": "openai", "baseUrl": fake.openai_base, "debounceMs": 0,
                    "disabledLanguages": ["markdown"], "enabled": False}
         client = await start_client(server_env(tmp_path), configuration={"qwen": section})
-
-        async def reconfigure(**changes: object) -> None:
-            client.set_configuration({"qwen": {**section, **changes}})
-            client.workspace_did_change_configuration(
-                types.DidChangeConfigurationParams(settings=None))
-            for _ in range(500):  # until the server has pulled the new section
-                status = await client.workspace_execute_command_async(
-                    types.ExecuteCommandParams(command="qwen.status"))
-                if all(status["settings"][k] == v for k, v in changes.items()):
-                    return
-                await asyncio.sleep(0.01)
-            raise AssertionError("the server never applied the new configuration")
-
         try:
             open_doc(client, URI, DOC)
             open_doc(client, md_uri, "Sum: def add(a, b): return ", language="markdown")
             off = [await inline(client, URI, 1, 11), await complete(client, URI, 1, 11)]
             calls_while_off = len(fake.requests)
-            await reconfigure(enabled=True)
+            await reconfigure(client, {**section, "enabled": True}, {"enabled": True})
             python = await inline(client, URI, 1, 11)
             markdown = [await inline(client, md_uri, 0, 27), await complete(client, md_uri, 0, 27)]
         finally:

@@ -8,7 +8,15 @@ import importlib.util
 import psutil
 import pytest
 
-from tests.harness import inline, open_doc, server_env, start_client, stop_client
+from tests.harness import (
+    inline,
+    open_doc,
+    reconfigure,
+    server_env,
+    start_client,
+    status,
+    stop_client,
+)
 
 pytestmark = [
     pytest.mark.local_model,
@@ -102,14 +110,7 @@ async def test_changed_engine_settings_restart_the_engine(tmp_path) -> None:
     client = await start_client(server_env(tmp_path), configuration={"qwen": {}})
 
     async def engine() -> dict | None:
-        status = await client.workspace_execute_command_async(
-            types.ExecuteCommandParams(command="qwen.status"))
-        return status["localEngine"]
-
-    async def reconfigure(section: dict) -> None:
-        client.set_configuration({"qwen": section})
-        client.workspace_did_change_configuration(
-            types.DidChangeConfigurationParams(settings=None))
+        return (await status(client))["localEngine"]
 
     async def engine_other_than(pid: int) -> dict:
         while True:  # the new engine starts in the background
@@ -123,10 +124,10 @@ async def test_changed_engine_settings_restart_the_engine(tmp_path) -> None:
         assert (await inline(client, uri, 1, 4)).items
         first = await engine()
         assert first is not None and first["context_size"] == 4096
-        await reconfigure({"temperature": 0.0})
+        await reconfigure(client, {"temperature": 0.2}, {"temperature": 0.2})
         during = await inline(client, uri, 1, 4)
         same = await engine()
-        await reconfigure({"temperature": 0.0, "contextSize": 2048})
+        await reconfigure(client, {"temperature": 0.2, "contextSize": 2048}, {"contextSize": 2048})
         racing = await inline(client, uri, 1, 4)  # races the switch: must not fail
         second = await asyncio.wait_for(engine_other_than(first["pid"]), 120)
         after = await inline(client, uri, 1, 4)
@@ -150,26 +151,19 @@ async def test_changed_engine_settings_restart_the_engine(tmp_path) -> None:
 async def test_disabled_server_leaves_the_engine_off_until_enabled(tmp_path) -> None:
     import asyncio
 
-    from lsprotocol import types
 
     uri = "file:///work/proj/calc.py"
     client = await start_client(server_env(tmp_path), configuration={"qwen": {"enabled": False}})
 
-    async def status() -> dict:
-        return await client.workspace_execute_command_async(
-            types.ExecuteCommandParams(command="qwen.status"))
-
     try:
         open_doc(client, uri, "def add(a, b):\n    \n")
         off = await inline(client, uri, 1, 4)  # a manual trigger, answered at once
-        engine_while_off = (await status())["localEngine"]
-        client.set_configuration({"qwen": {"enabled": True}})
-        client.workspace_did_change_configuration(
-            types.DidChangeConfigurationParams(settings=None))
+        engine_while_off = (await status(client))["localEngine"]
+        await reconfigure(client, {"enabled": True})
 
         async def ready() -> dict:
             while True:  # started in the background, without a completion request
-                engine = (await status())["localEngine"]
+                engine = (await status(client))["localEngine"]
                 if engine and engine.get("state") == "ready":
                     return engine
                 await asyncio.sleep(0.2)
