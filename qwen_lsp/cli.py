@@ -22,9 +22,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Qwen-Coder code completion as a language server.",
     )
     p.add_argument("--version", action="version", version=f"qwen-lsp {__version__}")
+    _add_launch_flags(p, top=True)
     sub = p.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="run the language server (default: stdio)")
-    serve.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout")
+    _add_launch_flags(serve, top=False)
     serve.add_argument("--tcp", action="store_true", help="listen on TCP instead of stdio")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=2087)
@@ -35,9 +36,45 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_launch_flags(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """The flags generic LSP clients append when they spawn a server.
+
+    vscode-languageclient, for one, adds ``--stdio`` (or ``--pipe=``/``--socket=``/
+    ``--node-ipc``) and ``--clientProcessId=PID``. On ``serve`` the defaults are
+    suppressed so that a flag given before the subcommand is not reset by it.
+    """
+    default = None if top else argparse.SUPPRESS
+    p.add_argument("--stdio", action="store_true", default=False if top else argparse.SUPPRESS,
+                   help="talk LSP over stdin/stdout (the default)")
+    p.add_argument("--clientProcessId", dest="client_pid", type=int, metavar="PID",
+                   default=default, help="exit when this process (the editor) has died")
+    for flag in ("--pipe", "--socket"):
+        p.add_argument(flag, dest=flag[2:], metavar="NAME", default=default,
+                       help=argparse.SUPPRESS)
+    p.add_argument("--node-ipc", dest="node_ipc", action="store_true",
+                   default=False if top else argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+_UNSUPPORTED_TRANSPORT = (
+    "qwen-lsp: the {flag} transport is not supported; start the server over stdio "
+    "(no flag, or --stdio) or with 'serve --tcp --port N'"
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in (None, "serve"):
+        for flag, given in (("--pipe", args.pipe), ("--socket", args.socket),
+                            ("--node-ipc", args.node_ipc or None)):
+            if given is not None:
+                print(_UNSUPPORTED_TRANSPORT.format(flag=flag), file=sys.stderr)
+                return EXIT_ERROR
+        if args.client_pid is not None and args.client_pid <= 0:
+            print(f"qwen-lsp: --clientProcessId must be a process id, got {args.client_pid}",
+                  file=sys.stderr)
+            return EXIT_ERROR
+        if args.client_pid is not None:
+            _watch_client(args.client_pid)
         return _serve(getattr(args, "tcp", False), getattr(args, "host", "127.0.0.1"),
                       getattr(args, "port", 2087))
     if args.command == "complete":
@@ -45,6 +82,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         return asyncio.run(_check())
     return EXIT_ERROR
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _watch_client(pid: int, interval: float = 1.0) -> None:
+    """Exit once the editor process is gone (its pipes may be inherited by others).
+
+    The local engine child has its own parent-death watch, so a hard exit here
+    takes it along.
+    """
+    import threading
+
+    def watch() -> None:
+        while _pid_alive(pid):
+            time.sleep(interval)
+        logging.getLogger("qwen_lsp").warning("client process %d has exited; stopping", pid)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="qwen-client-watch", daemon=True).start()
 
 
 def _serve(tcp: bool, host: str, port: int) -> int:

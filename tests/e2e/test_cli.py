@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from qwen_lsp import __version__
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.harness import openai_env, server_env
@@ -163,3 +165,71 @@ def test_complete_prints_the_whole_block_not_an_early_answer(tmp_path) -> None:
         res = _run(["complete", f"{f}:2:5"], openai_env(tmp_path, fake.openai_base))
     assert res.returncode == 0, res.stderr
     assert res.stdout == "total = a + b\n    return total\n"
+
+
+def _initialize_over(proc: subprocess.Popen[bytes]) -> dict:
+    import json
+
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                       "params": {"processId": None, "rootUri": None,
+                                  "capabilities": {}}}).encode()
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    proc.stdin.flush()
+    length = None
+    while True:
+        line = proc.stdout.readline()
+        assert line, "the server closed stdout before answering initialize"
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+        if line in (b"\r\n", b"\n") and length is not None:
+            break
+    return json.loads(proc.stdout.read(length))
+
+
+def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "qwen_lsp", *args], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+
+@pytest.mark.parametrize("args", [
+    ["--stdio"],  # what vscode-languageclient appends to a bare command
+    ["--stdio", "--clientProcessId=1"],
+    ["serve", "--stdio"],
+    ["serve", "--stdio", "--clientProcessId=1"],
+    ["--clientProcessId", "1", "serve"],
+])
+def test_generic_client_launch_flags_start_the_server(tmp_path, args) -> None:
+    proc = _spawn(args, openai_env(tmp_path, "http://127.0.0.1:9/v1"))
+    try:
+        reply = _initialize_over(proc)
+    finally:
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+    assert reply["result"]["serverInfo"]["name"] == "qwen-lsp", err
+
+
+def test_server_exits_when_the_client_process_dies(tmp_path) -> None:
+    editor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    proc = _spawn(["--stdio", f"--clientProcessId={editor.pid}"],
+                  openai_env(tmp_path, "http://127.0.0.1:9/v1"))
+    try:
+        assert _initialize_over(proc)["result"]["serverInfo"]["name"] == "qwen-lsp"
+        assert proc.poll() is None  # alive while the editor is
+        editor.kill()
+        editor.wait(10)
+        # stdin stays open: only the watch on the client's pid can end the server.
+        assert proc.wait(timeout=60) == 0
+    finally:
+        editor.kill()
+        proc.kill()
+        proc.communicate(timeout=30)
+
+
+@pytest.mark.parametrize("flag", ["--pipe=/tmp/qwen.sock", "--socket=5007", "--node-ipc"])
+def test_unsupported_transports_are_refused_clearly(tmp_path, flag) -> None:
+    res = _run([flag], server_env(tmp_path))
+    assert res.returncode == 2
+    assert "transport is not supported" in res.stderr and "--stdio" in res.stderr
