@@ -194,9 +194,10 @@ async def _complete(location: str, language: str | None) -> int:
     engine = Engine(
         EngineConfig(mode=settings.effective_mode(), max_tokens=settings.max_tokens,
                      temperature=settings.temperature, stop=tuple(settings.stop),
-                     timeout_ms=max(settings.timeout_ms, 60000) if settings.provider == "local"
-                     else settings.timeout_ms,
-                     extra_body=backend.extra_body(), early_answers=False),
+                     timeout_ms=max(settings.time_box_ms(), 60000)
+                     if settings.provider == "local" else settings.time_box_ms(),
+                     extra_body=backend.extra_body(), early_answers=False,
+                     partial_on_timeout=False),
         backend.provider,
         on_error=errors.append,
     )

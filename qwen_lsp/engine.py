@@ -60,6 +60,9 @@ class EngineConfig:
     # Editors: show the complete lines of a multi-line answer early. The CLI
     # prints one answer and waits for the whole of it.
     early_answers: bool = True
+    # When the time box ends mid-answer, editors still get the complete lines
+    # that arrived; the CLI reports a time-out instead of a cut-off answer.
+    partial_on_timeout: bool = True
 
 
 @dataclass
@@ -122,6 +125,7 @@ class Engine:
         health: UpstreamHealth | None = None,
         on_error: Callable[[UpstreamError], None] | None = None,
         on_success: Callable[[], None] | None = None,
+        on_timeout: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -131,6 +135,7 @@ class Engine:
         self.health = health or UpstreamHealth(clock=clock)
         self._on_error = on_error
         self._on_success = on_success
+        self._on_timeout = on_timeout
         self._clock = clock
         self._docs: dict[str, _DocState] = {}
         self._first_tokens: deque[float] = deque(maxlen=10)
@@ -348,6 +353,7 @@ class Engine:
         sent_at = self._clock()
         first_token: float | None = None
         error: UpstreamError | None = None
+        timed_out = False
         stream = None
         try:
             provider = await self._provider()
@@ -366,13 +372,23 @@ class Engine:
                         usage = event
         except TimeoutError:
             self.stats.timeboxed += 1
-            flight.text = _complete_lines(flight.text, flight.post.multiline)
+            timed_out = True
             if first_token is None:
                 # Not a single token in the whole time box: the upstream is
                 # hanging, which the user and the breaker must hear about.
                 error = UpstreamError(
                     "timeout", f"No answer from the upstream within {cfg.timeout_ms} ms "
                     "(qwen.timeoutMs).")
+            else:
+                self.stats.record_error("timeout")
+                if self._on_timeout:
+                    self._on_timeout(cfg.timeout_ms)
+                if not cfg.partial_on_timeout:
+                    flight.text = ""
+                    error = UpstreamError(
+                        "timeout", f"The answer was not complete within {cfg.timeout_ms} ms "
+                        "(qwen.timeoutMs); nothing was printed.")
+                flight.text = _complete_lines(flight.text, flight.post.multiline)
         except UpstreamError as exc:
             error = exc
         finally:
@@ -380,12 +396,16 @@ class Engine:
                 await _close(stream)
             self._account(request, flight.text, usage)
         if error is not None:
-            self.stats.record_error(error.kind)
-            self.health.failure(error)
+            if not (timed_out and first_token is not None):  # counted above
+                self.stats.record_error(error.kind)
+            if first_token is None:
+                self.health.failure(error)
             if self._on_error:
                 self._on_error(error)
             if error.kind != "protocol" or not flight.text:
                 return None
+        elif timed_out:
+            pass  # a slow answer is not a broken upstream: no breaker, no "healthy" either
         else:
             self.health.success()
             if self._on_success:
@@ -400,7 +420,9 @@ class Engine:
         suggestion = postprocess(
             flight.text, flight.post, echo_prefix=self.config.mode == "partial"
         )
-        if suggestion is not None:
+        if timed_out:
+            pass  # a cut-off answer is neither the model's suggestion nor "nothing"
+        elif suggestion is not None:
             self.cache.put(flight.ctx.prefix, flight.ctx.suffix, suggestion)
         elif error is None:
             # The model had nothing useful here: remember that, so asking

@@ -23,6 +23,9 @@ from qwen_lsp.providers.base import UpstreamError
 log = logging.getLogger("qwen_lsp")
 
 SHOW_INTERVAL = 300.0
+# A time-out interrupts nobody: it is logged and shown in the status. Only
+# this many in a row (no answer in between) make the one message per session.
+PERSISTENT_TIMEOUTS = 3
 
 _FIXES = {
     "auth": "Check DASHSCOPE_API_KEY (or qwen.apiKey) and that the key was issued for the "
@@ -52,6 +55,8 @@ class Notifier:
         self._clock = clock
         self._last_shown: dict[str, float] = {}
         self._unhealthy = False
+        self._timeouts = 0  # in a row
+        self._timeout_shown = False  # once per session
         self._progress_token: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -100,7 +105,24 @@ class Notifier:
         text = "settings: " + " | ".join(problems)
         self.show_once("settings:" + text, types.MessageType.Warning, text)
 
+    def timeout(self, message: str) -> None:
+        """A completion ran out of its time box (with or without a partial answer)."""
+        self._timeouts += 1
+        self.log(types.MessageType.Warning, message)
+        self.status("error", message)
+        if self._timeouts >= PERSISTENT_TIMEOUTS and not self._timeout_shown:
+            self._timeout_shown = True
+            fix = _FIXES["timeout"]
+            self._send(lambda: self._ls.window_show_message(types.ShowMessageParams(
+                type=types.MessageType.Warning,
+                message=f"qwen-lsp: {self._timeouts} completions in a row timed out; "
+                f"the last: {message} {fix}")))
+
     def upstream_error(self, err: UpstreamError) -> None:
+        if err.kind == "timeout":
+            self.timeout(err.message)
+            self._unhealthy = True
+            return
         fix = _FIXES.get(err.kind, "")
         # Providers already name the fix for some errors ("Check the API key…").
         message = err.message if "Check " in err.message or not fix else f"{err.message} {fix}"
@@ -112,6 +134,7 @@ class Notifier:
         self.status("error", message)
 
     def upstream_ok(self) -> None:
+        self._timeouts = 0
         if self._unhealthy:
             self._unhealthy = False
             self.log(types.MessageType.Info, "upstream is healthy again")

@@ -46,7 +46,6 @@ from qwen_lsp.settings import NO_BACKEND_MESSAGE, Settings, load_settings
 log = logging.getLogger("qwen_lsp")
 
 TYPING_BURST_S = 1.0
-LOCAL_MIN_TIMEOUT_MS = 30000
 TRIGGER_CHARACTERS = [".", "(", "[", "{", ",", ":", "=", " ", "\n", "\t", ">", '"', "'"]
 _WORD_TAIL = re.compile(r"\w+$")
 _ENCODINGS = {
@@ -174,6 +173,8 @@ class QwenServer(LanguageServer):
                 self.backend.provider,
                 on_error=self.notifier.upstream_error,
                 on_success=self.notifier.upstream_ok,
+                on_timeout=lambda ms: self.notifier.timeout(
+                    f"a completion was cut off at the {ms} ms time box (qwen.timeoutMs)"),
             )
         else:
             self.engine.config = config
@@ -197,10 +198,7 @@ class QwenServer(LanguageServer):
             max_tokens=s.max_tokens,
             temperature=s.temperature,
             stop=tuple(s.stop),
-            # A cold prompt on the CPU engine takes seconds per thousand
-            # tokens; cutting it off would leave its KV cache cold for good.
-            timeout_ms=max(s.timeout_ms, LOCAL_MIN_TIMEOUT_MS)
-            if s.provider == "local" else s.timeout_ms,
+            timeout_ms=s.time_box_ms(),
             debounce_ms=s.debounce_ms,
             debounce_min_ms=s.debounce_min_ms,
             debounce_max_ms=s.debounce_max_ms,

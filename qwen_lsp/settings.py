@@ -109,6 +109,12 @@ def redact_key(key: str | None) -> str | None:
     return ("sk-…" if key.startswith("sk-") else "…") + _REDACTED
 
 
+LOCAL_MIN_TIME_BOX_MS = 30000
+# The HTTP read timeout sits this far above the time box: the box decides, the
+# read timeout only catches a connection that went silent.
+READ_TIMEOUT_MARGIN_MS = 5000
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob of qwen-lsp. Build it with :func:`load_settings`."""
@@ -174,6 +180,17 @@ class Settings:
         if self.provider == "local":
             return None
         return _BASE_URLS.get((self.api, self.region))
+
+    def time_box_ms(self) -> int:
+        """The time box of one completion as the engine applies it.
+
+        The local CPU engine gets at least LOCAL_MIN_TIME_BOX_MS: its prompt
+        budget aims at about a second, but a cold start or a busy machine can
+        take longer, and cutting a prompt off leaves its KV cache cold.
+        """
+        if self.provider == "local":
+            return max(self.timeout_ms, LOCAL_MIN_TIME_BOX_MS)
+        return self.timeout_ms
 
     def effective_mode(self) -> str:
         """``"fim"`` or ``"partial"``: what the request builder should actually do."""

@@ -15,6 +15,7 @@ from qwen_lsp.providers.base import (
 )
 from qwen_lsp.providers.dashscope import DashScopeNativeProvider
 from qwen_lsp.providers.openai import OpenAICompatProvider
+from qwen_lsp.settings import READ_TIMEOUT_MARGIN_MS
 
 if TYPE_CHECKING:
     from qwen_lsp.settings import Settings
@@ -55,7 +56,9 @@ def make_provider(
     api_key = api_key_override if api_key_override is not None else settings.api_key
     timeouts = {
         "connect_timeout": settings.connect_timeout_ms / 1000.0,
-        "read_timeout": settings.timeout_ms / 1000.0,
+        # Never below the engine's time box (a local cold prompt may take 20 s
+        # before its first byte); the box itself is enforced by the engine.
+        "read_timeout": (settings.time_box_ms() + READ_TIMEOUT_MARGIN_MS) / 1000.0,
     }
     if settings.api == "dashscope" and settings.provider not in ("openai", "local"):
         return DashScopeNativeProvider(base_url, api_key, settings.model, **timeouts)

@@ -58,6 +58,18 @@ def test_complete_exits_1_when_there_is_nothing(tmp_path) -> None:
     assert res.returncode == 1 and res.stdout == ""
 
 
+def test_complete_never_prints_a_cut_off_answer(tmp_path) -> None:
+    """The time box ends mid-answer: exit 2 with the reason, nothing on stdout."""
+    f = _sample(tmp_path)
+    reply = Reply(chunks=["return a", " + b\n"], token_delay=20.0)
+    with FakeUpstream(reply) as fake:
+        res = _run(["complete", f"{f}:2:5"],
+                   openai_env(tmp_path, fake.openai_base, QWEN_LSP_TIMEOUT_MS="500"))
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert res.stdout == ""
+    assert "not complete" in res.stderr and "timeoutMs" in res.stderr
+
+
 def test_complete_exits_2_on_errors(tmp_path) -> None:
     f = _sample(tmp_path)
     env = openai_env(tmp_path, "http://127.0.0.1:9/v1")  # nothing listens on port 9

@@ -142,23 +142,51 @@ async def test_endless_stream_is_stopped_and_the_connection_closed(tmp_path: Pat
 
 
 async def test_silent_upstream_is_timeboxed_and_reported(tmp_path: Path) -> None:
-    """No first byte within timeoutMs: an empty answer, a timeout error, a message."""
+    """No first byte within timeoutMs: an empty answer and a time-out in the stats and
+    the status; one message per session, and only once time-outs persist (3 in a row)."""
     with FakeUpstream(Reply(text="late", first_token_delay=30.0)) as fake:
         client = await start_client(openai_env(tmp_path, fake.openai_base,
                                                QWEN_LSP_TIMEOUT_MS="400"))
         try:
             open_doc(client, URI, DOC)
             res = await inline(client, URI, 0, _line_end(0))
+            shown_after_one = [m.message for m in client.messages]
+            for i in (1, 2, 3):
+                assert await inline(client, URI, i, _line_end(i)) is None
             stats = await _stats(client)
             assert fake.wait_until_finished(10.0)
             shown = [m.message for m in client.messages]
+            logged = [m.message for m in client.log_messages if "timeoutMs" in m.message]
         finally:
             await stop_client(client)
     assert res is None
-    assert stats["errors"].get("timeout") == 1
-    assert any("timeoutMs" in m for m in shown), shown
+    assert stats["errors"].get("timeout") == 4
+    assert shown_after_one == []  # one slow answer interrupts nobody
+    assert len(logged) >= 4  # but each one is logged
+    assert len(shown) == 1 and "timed out" in shown[0] and "timeoutMs" in shown[0], shown
     # The hung request was abandoned, not left open.
     assert next(r for r in fake.requests if r.method == "POST").aborted
+
+
+async def test_cut_off_answer_is_not_remembered_as_nothing(tmp_path: Path) -> None:
+    """The time box ends after the first piece: asking again at the same place asks
+    the upstream again (neither "nothing here" nor the cut-off piece is cached)."""
+    reply = Reply(chunks=["  # par", "tial\n", "more\n"], token_delay=5.0)
+    with FakeUpstream(reply) as fake:
+        client = await start_client(openai_env(tmp_path, fake.openai_base,
+                                               QWEN_LSP_TIMEOUT_MS="400"))
+        try:
+            open_doc(client, URI, DOC)
+            await inline(client, URI, 0, _line_end(0))
+            assert fake.wait_until_finished(20.0)  # the fake's pause notices the abort
+            await inline(client, URI, 0, _line_end(0))
+            stats = await _stats(client)
+            assert fake.wait_until_finished(20.0)
+        finally:
+            await stop_client(client)
+    # Both went upstream: the second was not answered from the cache.
+    assert stats["upstreamRequests"] == 2 and stats.get("cacheHits", 0) == 0
+    assert stats["timeboxed"] == 2
 
 
 @contextmanager
@@ -263,7 +291,7 @@ async def test_rate_limit_pause_ends_by_itself(tmp_path: Path) -> None:
         finally:
             await stop_client(client)
     assert _texts(res) == ["42"]
-    assert _posts(fake) == 2
+    assert _posts(fake) == 2, str({k: v for k, v in stats.items() if v and "Latency" not in k})
     assert stats["upstream"]["state"] == "healthy"
 
 
