@@ -293,3 +293,14 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     data = sorted(values)
     idx = min(len(data) - 1, max(0, round(q * (len(data) - 1))))
     return data[idx]
+
+
+def write_section(path: Path, start: str, end: str, section: str) -> None:
+    """Put ``section`` (which begins with ``start`` and ends with ``end``) into the
+    markdown file at ``path``: in place of the old one, or appended."""
+    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    if start in old and end in old:
+        new = old[: old.index(start)] + section + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(new, encoding="utf-8")

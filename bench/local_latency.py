@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import write_section
 from tests.harness import inline, open_doc, server_env, start_client, stop_client
 
 SAMPLE = ROOT / "examples" / "sample.py"
@@ -117,13 +118,7 @@ def main() -> None:
     ]
     table = "\n".join(lines)
     print(table)
-    path = ROOT / "BENCHMARKS.md"
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if START in old and END in old:
-        new = old[: old.index(START)] + table + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + table + "\n"
-    path.write_text(new, encoding="utf-8")
+    write_section(ROOT / "BENCHMARKS.md", START, END, table)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ MAX_SUFFIX_LINES = 24
 # has the command to redo it.
 CHARS_PER_TOKEN = 3.8
 PROMPT_OVERHEAD_TOKENS = 8  # FIM markers, path line and the like
+KEY_BEFORE_CHARS = 1700  # the cache's key window plus what may be typed through
+KEY_AFTER_CHARS = 400
 
 _CLOSERS = set(")]}>\"'`;:,. \t")
 _BLOCK_OPENERS = (":", "{", "(", "[", "=>", "->", " do", " then")
@@ -72,6 +74,10 @@ class CompletionContext:
     repo_name: str = ""
     manual: bool = False
     prefix_start_line: int = 0
+    # The document's text right around the cursor, whatever the window: what
+    # suggestions are cached under, so windows of different sizes share them.
+    before: str = ""
+    after: str = ""
 
     @property
     def line_prefix(self) -> str:
@@ -435,6 +441,8 @@ def build_context(
         repo_name=repo_name,
         manual=manual,
         prefix_start_line=start_line_idx,
+        before=text[max(0, offset - KEY_BEFORE_CHARS) : offset],
+        after=text[offset : offset + KEY_AFTER_CHARS],
     )
 
 

@@ -31,8 +31,9 @@ from qwen_lsp.cache import CompletionCache
 from qwen_lsp.context import CompletionContext, estimate_tokens
 from qwen_lsp.health import UpstreamHealth
 from qwen_lsp.postprocess import PostContext, Suggestion, postprocess, stream_should_stop
+from qwen_lsp.prompt_cache import EngineView
 from qwen_lsp.prompts import build_request
-from qwen_lsp.providers.base import Provider, TextDelta, UpstreamError, Usage
+from qwen_lsp.providers.base import Provider, TextDelta, UpstreamError, UpstreamRequest, Usage
 from qwen_lsp.stats import Stats
 
 ProviderSource = Callable[[], Awaitable[Provider]]
@@ -126,6 +127,7 @@ class Engine:
         on_error: Callable[[UpstreamError], None] | None = None,
         on_success: Callable[[], None] | None = None,
         on_timeout: Callable[[int], None] | None = None,
+        view: EngineView | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -136,6 +138,10 @@ class Engine:
         self._on_error = on_error
         self._on_success = on_success
         self._on_timeout = on_timeout
+        # The local engine's KV cache as we know it (None for remote upstreams).
+        self.view = view
+        self._flights_up = 0  # upstream streams open now (prefills wait for none)
+        self.last_request_at = float("-inf")  # clock of the last editor request
         self._clock = clock
         self._docs: dict[str, _DocState] = {}
         self._first_tokens: deque[float] = deque(maxlen=10)
@@ -165,20 +171,28 @@ class Engine:
         *,
         is_current: Callable[[], bool] = lambda: True,
         timing: Timing | None = None,
+        prefetch: bool = False,
     ) -> Suggestion | None:
-        """Answer one completion request (None = nothing to show)."""
+        """Answer one completion request (None = nothing to show).
+
+        ``prefetch``: computed ahead for a state the user may reach next; it
+        fills the cache like any request but does not count as user activity.
+        """
         timing = timing or Timing()
         t = time.perf_counter()
         started = self._clock()
+        if not prefetch:
+            self.last_request_at = started
         self.stats.requests += 1
         state = self._docs.setdefault(ctx.uri, _DocState())
-        if state.last_request is not None:
-            gap = started - state.last_request
-            if gap < 1.0:
-                state.gaps.append(gap)
-        state.last_request = started
+        if not prefetch:
+            if state.last_request is not None:
+                gap = started - state.last_request
+                if gap < 1.0:
+                    state.gaps.append(gap)
+            state.last_request = started
 
-        hit = self.cache.get(ctx.prefix, ctx.suffix)
+        hit = self.cache.get(*_cache_key(ctx))
         if hit is not None and hit.suggestion is NOTHING:
             self.stats.cache_hits += 1
             timing.add(t)
@@ -245,6 +259,53 @@ class Engine:
         timing.add(t)
         self.stats.record_answer(self._clock() - started, hit=False)
         return result
+
+    @property
+    def idle(self) -> bool:
+        """No upstream stream is open (the local engine is free)."""
+        return self._flights_up == 0
+
+    async def prefill(self, prompt: str) -> bool:
+        """Have the local engine process ``prompt`` and keep its state: no real output.
+
+        One token is generated (the engine needs a sampling step to finish
+        the request and save its state). Returns True when the engine got
+        through it. Never raises for upstream trouble: warm-up is optional.
+        """
+        if self.view is None:
+            return False
+        cfg = self.config
+        request = UpstreamRequest(prompt=prompt, max_tokens=1, temperature=0.0, stop=[],
+                                  extra=dict(cfg.extra_body))
+        cost = self.view.cost(prompt)
+        self.stats.prefills += 1
+        sent_at = self._clock()
+        first: float | None = None
+        text = ""
+        ended = False
+        self._flights_up += 1
+        stream = None
+        try:
+            provider = await self._provider()
+            stream = provider.stream(request)
+            async with asyncio.timeout(cfg.timeout_ms / 1000.0):
+                async for event in stream:
+                    if isinstance(event, TextDelta):
+                        first = first if first is not None else self._clock()
+                        text += event.text
+            ended = True
+        except (UpstreamError, TimeoutError) as exc:
+            log.debug("prefill failed: %s", exc)
+        finally:
+            self._flights_up -= 1
+            if stream is not None:
+                await _close(stream)
+            # The one token comes right after the prompt: the whole request
+            # is prompt processing (plus the engine saving its state).
+            self.view.record(prompt, text, completed=ended,
+                             first_token_s=(first or self._clock()) - sent_at if ended else None,
+                             cost=cost)
+        return ended
 
     # -- internals ---------------------------------------------------------------
     def _attachable(self, flight: _Flight, ctx: CompletionContext) -> str | None:
@@ -354,7 +415,10 @@ class Engine:
         first_token: float | None = None
         error: UpstreamError | None = None
         timed_out = False
+        ended = False  # the stream ran to its end (the local engine then saves its state)
         stream = None
+        cost = self.view.cost(request.prompt) if self.view and request.prompt else None
+        self._flights_up += 1
         try:
             provider = await self._provider()
             stream = provider.stream(request)
@@ -370,6 +434,8 @@ class Engine:
                         self._maybe_answer_early(flight, sent_at)
                     elif isinstance(event, Usage):
                         usage = event
+                else:
+                    ended = True
         except TimeoutError:
             self.stats.timeboxed += 1
             timed_out = True
@@ -392,9 +458,14 @@ class Engine:
         except UpstreamError as exc:
             error = exc
         finally:
+            self._flights_up -= 1
             if stream is not None:
                 await _close(stream)
             self._account(request, flight.text, usage)
+            if cost is not None and self.view is not None and request.prompt:
+                self.view.record(request.prompt, flight.text, completed=ended,
+                                 first_token_s=None if first_token is None
+                                 else first_token - sent_at, cost=cost)
         if error is not None:
             if not (timed_out and first_token is not None):  # counted above
                 self.stats.record_error(error.kind)
@@ -423,12 +494,12 @@ class Engine:
         if timed_out:
             pass  # a cut-off answer is neither the model's suggestion nor "nothing"
         elif suggestion is not None:
-            self.cache.put(flight.ctx.prefix, flight.ctx.suffix, suggestion)
+            self.cache.put(*_cache_key(flight.ctx), suggestion)
         elif error is None:
             # The model had nothing useful here: remember that, so asking
             # again at the same place (editors re-ask on cursor moves and
             # focus) costs no upstream call.
-            self.cache.put(flight.ctx.prefix, flight.ctx.suffix, NOTHING)
+            self.cache.put(*_cache_key(flight.ctx), NOTHING)
         flight.post_time += time.perf_counter() - t
         return suggestion
 
@@ -466,6 +537,11 @@ def _ends_open(text: str) -> bool:
         elif ch in _PAIRS:
             depth -= 1
     return depth > 0
+
+
+def _cache_key(ctx: CompletionContext) -> tuple[str, str]:
+    """The document text around the cursor (the window's, for hand-made contexts)."""
+    return (ctx.before or ctx.prefix, ctx.after or ctx.suffix)
 
 
 def _complete_lines(text: str, multiline: bool) -> str:

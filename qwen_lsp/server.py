@@ -26,7 +26,7 @@ from pygls.protocol.json_rpc import RPCRequest
 
 from qwen_lsp import __version__
 from qwen_lsp.backend import Backend
-from qwen_lsp.context import build_context, skip_reason
+from qwen_lsp.context import CHARS_PER_TOKEN, CompletionContext, Snippet, build_context, skip_reason
 from qwen_lsp.documents import (
     UTF8,
     UTF16,
@@ -40,14 +40,30 @@ from qwen_lsp.exclude import is_excluded
 from qwen_lsp.items import client_profile, completion_list, inline_items
 from qwen_lsp.neighbours import Neighbours
 from qwen_lsp.notify import Notifier
+from qwen_lsp.postprocess import Suggestion
+from qwen_lsp.prompt_cache import (
+    N_BATCH,
+    STATE_CACHE_BYTES,
+    TARGET_PROMPT_S,
+    EngineView,
+    candidate_budgets,
+)
+from qwen_lsp.prompts import fim_prompt
 from qwen_lsp.providers.base import UpstreamError
 from qwen_lsp.settings import NO_BACKEND_MESSAGE, Settings, load_settings
+from qwen_lsp.warmup import Warmer
 
 log = logging.getLogger("qwen_lsp")
 
 TYPING_BURST_S = 1.0
 TRIGGER_CHARACTERS = [".", "(", "[", "{", ",", ":", "=", " ", "\n", "\t", ">", '"', "'"]
 _WORD_TAIL = re.compile(r"\w+$")
+# One pre-fill chunk: what a real request may have to wait for behind it.
+PREFILL_CHUNK_S = 0.5
+# Start-up measurement of the local engine's prompt speed, when no file is open yet.
+_CALIBRATION = "".join(
+    f"def step_{i}(values, scale={i}):\n    return [v * scale + {i} for v in values]\n\n"
+    for i in range(12))
 _ENCODINGS = {
     types.PositionEncodingKind.Utf8: UTF8,
     types.PositionEncodingKind.Utf16: UTF16,
@@ -86,6 +102,7 @@ class QwenProtocol(LanguageServerProtocol):
         td = params.text_document
         self._server.documents.open(td.uri, td.text, td.version, td.language_id)
         self._server.on_document_touched(td.uri)
+        self._server.user_at(td.uri, 0)  # editors open a file at its top
         yield from ()
 
     @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
@@ -135,6 +152,12 @@ class QwenServer(LanguageServer):
         self._desynced: set[str] = set()
         self._files: dict[str, tuple[str, bool]] = {}
         self.last_completion: dict[str, float] = {}
+        # The local engine: our copy of its prompt cache, the place the user
+        # is at (uri, offset), and the background warm-up there.
+        self.view = EngineView(STATE_CACHE_BYTES, logits_rows=N_BATCH)
+        self.place: tuple[str, int] | None = None
+        self._prefetch: tuple[str, int, int, Suggestion, tuple[Snippet, ...]] | None = None
+        self.warmer = Warmer(self._warm_step, engine_idle=self._engine_idle)
         # Set once the first workspace/configuration answer is in (or known
         # not to come), so the first completion uses the user's settings.
         self.config_ready = asyncio.Event()
@@ -178,6 +201,7 @@ class QwenServer(LanguageServer):
             )
         else:
             self.engine.config = config
+        self.engine.view = self.view if self._budgeted(settings) else None
         if changed_backend:
             asyncio.get_event_loop().create_task(self._switch_backend())
         logging.getLogger("qwen_lsp").setLevel(settings.log_level.upper())
@@ -187,6 +211,8 @@ class QwenServer(LanguageServer):
         longer matches), then, once the session is set up, start the new local
         engine in the background as at start-up."""
         await self.backend.reset_provider()
+        if self.backend.local_engine is None:
+            self.view.forget()  # a new engine starts with an empty cache
         s = self.settings
         if self.config_ready.is_set() and s.provider == "local" and s.enabled:
             await _warm_local(self)
@@ -206,6 +232,7 @@ class QwenServer(LanguageServer):
         )
 
     async def aclose(self) -> None:
+        await self.warmer.aclose()
         if self.engine is not None:
             await self.engine.aclose()
         await self.backend.aclose()
@@ -241,6 +268,14 @@ class QwenServer(LanguageServer):
                 self._desynced.discard(uri)
         doc.version = params.text_document.version
         self.neighbours.touch(uri)
+        last = params.content_changes[-1] if params.content_changes else None
+        if isinstance(last, types.TextDocumentContentChangePartial):
+            try:
+                at = doc.offset_at(last.range.start.line, last.range.start.character,
+                                   self.encoding, strict=False)
+            except PositionError:
+                return
+            self.user_at(uri, at + len(last.text))
 
     # -- completion ----------------------------------------------------------------
     async def suggest(
@@ -279,30 +314,13 @@ class QwenServer(LanguageServer):
         if not s.enabled or doc.language_id in s.disabled_languages:
             timing.add(t)
             return None
-        rel, excluded = self._file_info(uri)
+        _rel, excluded = self._file_info(uri)
         if excluded or doc.larger_than(s.max_file_bytes):
             timing.add(t)
             return None
-        snippets = ()
-        if s.cross_file:
-            snippets = self.neighbours.snippets_for(
-                doc, offset, documents=self.documents, settings=s, root=self.root
-            )
-        ctx = build_context(
-            doc.text,
-            offset,
-            uri=uri,
-            path=rel,
-            language=doc.language_id,
-            version=doc.version,
-            context_tokens=s.context_tokens,
-            multiline_setting=s.multiline,
-            snippets=snippets,
-            repo_name=self.root.name if self.root else "",
-            manual=manual,
-            max_output_tokens=s.max_tokens,
-            context_window=s.context_size if s.provider == "local" else None,
-        )
+        self.user_at(uri, offset)
+        snippets = self._snippets(doc, offset)
+        ctx = self._context(doc, doc.text, offset, snippets, manual=manual)
         if skip_reason(ctx, untitled=not uri.startswith("file:")) is not None:
             self.engine.stats.skipped += 1
             timing.add(t)
@@ -320,7 +338,126 @@ class QwenServer(LanguageServer):
             return None
         if suggestion is None or not current():
             return None
+        if self.engine.view is not None:
+            # Tab, Tab, Tab: compute what comes after this one while the user reads it.
+            self._prefetch = (uri, version, offset, suggestion, tuple(snippets))
+            self.warmer.poke()
         return doc, suggestion, offset, timing
+
+    # -- prompt budget and warm-up (local engine) ------------------------------------
+    @staticmethod
+    def _budgeted(s: Settings) -> bool:
+        """The engine-aware budget applies to the local engine's FIM prompts."""
+        return s.provider == "local" and s.effective_mode() == "fim" and s.adaptive_budget
+
+    def _snippets(self, doc: Document, offset: int) -> tuple[Snippet, ...]:
+        s = self.settings
+        if not s.cross_file:
+            return ()
+        return tuple(self.neighbours.snippets_for(
+            doc, offset, documents=self.documents, settings=s, root=self.root))
+
+    def _context(self, doc: Document, text: str, offset: int, snippets: tuple[Snippet, ...],
+                 *, manual: bool, tokens: int | None = None) -> CompletionContext:
+        """The completion context at ``offset``; for the local engine, the largest
+        window whose uncached part fits about a second of prompt processing."""
+        s = self.settings
+        rel, _ = self._file_info(doc.uri)
+
+        def build(budget: int) -> CompletionContext:
+            return build_context(
+                text, offset, uri=doc.uri, path=rel, language=doc.language_id,
+                version=doc.version, context_tokens=budget, multiline_setting=s.multiline,
+                snippets=snippets, repo_name=self.root.name if self.root else "",
+                manual=manual, max_output_tokens=s.max_tokens,
+                context_window=s.context_size if s.provider == "local" else None,
+            )
+
+        view = self.engine.view if self.engine is not None else None
+        if tokens is not None or view is None:
+            return build(tokens or s.context_tokens)
+        limit = view.budget_tokens(TARGET_PROMPT_S)
+        ctx = None
+        for budget in candidate_budgets(s.context_tokens):
+            ctx = build(budget)
+            if view.cost(fim_prompt(ctx)).new_tokens <= limit:
+                break
+        assert ctx is not None
+        return ctx
+
+    def user_at(self, uri: str, offset: int) -> None:
+        """The user is at this place (open, edit, cursor move, request)."""
+        self.place = (uri, offset)
+        if self.engine is not None and self.engine.view is not None and self.settings.enabled:
+            self.warmer.poke()
+
+    def _engine_idle(self) -> bool:
+        engine = self.backend.local_engine
+        return (self.engine is not None and self.engine.idle and engine is not None
+                and engine.state == "ready")
+
+    async def _warm_step(self) -> bool:
+        """One short piece of background work for the local engine; False: none left."""
+        engine = self.engine
+        if engine is None or engine.view is None or not self.settings.enabled:
+            return False
+        job, self._prefetch = self._prefetch, None
+        if job is not None:
+            await self._prefetch_accepted(*job)
+            return True
+        prompt = self._next_prefill()
+        if prompt is None:
+            return False
+        return await engine.prefill(prompt)
+
+    async def _prefetch_accepted(self, uri: str, version: int, offset: int,
+                                 suggestion: Suggestion, snippets: tuple[Snippet, ...]) -> None:
+        doc = self.documents.get(uri)
+        if doc is None or doc.version != version or self.engine is None:
+            return
+        text = (doc.text[:offset] + suggestion.text
+                + doc.text[offset + suggestion.replace_suffix_chars:])
+        ctx = self._context(doc, text, offset + len(suggestion.text), snippets, manual=False)
+        if skip_reason(ctx, untitled=not uri.startswith("file:")) is not None:
+            return
+        self.engine.stats.prefetches += 1
+        await self.engine.complete(ctx, prefetch=True)
+
+    def _next_prefill(self) -> str | None:
+        """The next chunk of prompt to pre-fill at the user's place, smallest window first.
+
+        Only the part of each window's prompt before the cursor line is
+        pre-filled: it is what every request at this place starts with.
+        """
+        if self.place is None or self.engine is None or self.engine.view is None:
+            return None
+        uri, offset = self.place
+        doc = self.documents.get(uri)
+        s = self.settings
+        if doc is None or uri in self._desynced or doc.language_id in s.disabled_languages:
+            return None
+        if self._file_info(uri)[1] or doc.larger_than(s.max_file_bytes):
+            return None
+        offset = min(offset, len(doc.text))
+        view = self.engine.view
+        snippets = self._snippets(doc, offset)
+        chunk_chars = int(max(16, view.budget_tokens(PREFILL_CHUNK_S)) * CHARS_PER_TOKEN)
+        for budget in reversed(candidate_budgets(s.context_tokens)):
+            prompt = fim_prompt(self._context(doc, doc.text, offset, snippets, manual=False,
+                                              tokens=budget))
+            mark = prompt.find("<|fim_suffix|>")
+            stable = prompt[: prompt.rfind("\n", 0, max(0, mark)) + 1] if mark > 0 else ""
+            if not stable:
+                continue
+            cost = view.cost(stable)
+            if len(stable) - cost.cached_chars < 2 * CHARS_PER_TOKEN:
+                continue  # this window is ready
+            end = cost.cached_chars + chunk_chars
+            if end >= len(stable):
+                return stable
+            nl = stable.find("\n", end)
+            return stable if nl < 0 else stable[: nl + 1]
+        return None
 
     def _file_info(self, uri: str) -> tuple[str, bool]:
         """(path shown to the model, excluded?) per URI, computed once per settings."""
@@ -470,6 +607,23 @@ def create_server() -> QwenServer:
         ls.finish(timing, t)
         return result
 
+    @ls.feature("qwen/cursor")
+    def on_cursor(ls: QwenServer, params: Any) -> None:
+        """Our editor plugins say where the cursor settled: warm the engine up there."""
+        try:
+            uri = params.textDocument.uri
+            line, character = int(params.position.line), int(params.position.character)
+        except (AttributeError, TypeError, ValueError):
+            return
+        doc = ls.documents.get(uri)
+        if doc is None:
+            return
+        try:
+            offset = doc.offset_at(line, character, ls.encoding, strict=False)
+        except PositionError:
+            return
+        ls.user_at(uri, offset)
+
     @ls.command("qwen.stats")
     def stats_command(ls: QwenServer, *args: Any) -> dict[str, Any]:
         data = ls.engine.stats.snapshot() if ls.engine else {}
@@ -492,6 +646,9 @@ def create_server() -> QwenServer:
             "problems": list(ls.problems),
             "upstream": ls.engine.health.describe() if ls.engine else None,
             "localEngine": ls.backend.describe(),
+            "localCache": ls.engine.view.describe() | {
+                "warmUpRunning": ls.warmer.running, "warmUpSteps": ls.warmer.steps,
+            } if ls.engine and ls.engine.view else None,
         }
 
     @ls.command("qwen.clearCache")
@@ -532,6 +689,12 @@ async def _pull_configuration(ls: QwenServer) -> bool:
 async def _warm_local(ls: QwenServer) -> None:
     try:
         await ls.backend.provider()
+        engine = ls.engine
+        if engine is not None and engine.view is not None and not engine.view.measured:
+            if ls.place is not None:
+                ls.warmer.poke()  # pre-filling the open file measures the speed too
+            elif engine.idle:
+                await engine.prefill("<|fim_prefix|>" + _CALIBRATION)
     except UpstreamError as exc:
         ls.notifier.upstream_error(exc)
     except Exception as exc:  # noqa: BLE001 - never let a background task crash the server

@@ -137,6 +137,10 @@ class Settings:
     debounce_min_ms: int = 30
     debounce_max_ms: int = 600
     context_tokens: int = 1536
+    # Local engine: size the window by what the engine has cached and how fast
+    # it is (about a second of new prompt), and warm it up while the user pauses.
+    # False: always contextTokens, no warm-up (the fixed-budget path).
+    adaptive_budget: bool = True
     multiline: str = "auto"  # "auto" | "always" | "never"
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     respect_gitignore: bool = False
@@ -395,6 +399,7 @@ _RULES: dict[str, _Rule] = {
     "respect_gitignore": _Rule("true or false", _parse_bool),
     "max_file_bytes": _int_rule(1),
     "cross_file": _Rule("true or false", _parse_bool),
+    "adaptive_budget": _Rule("true or false", _parse_bool),
     "log_level": _enum_rule("error", "warning", "info", "debug", aliases={"warn": "warning"}),
     "model_path": _Rule("a path to a GGUF file", _path_parse),
     "threads": _int_rule(1, auto_none=True),

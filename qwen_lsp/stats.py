@@ -35,6 +35,8 @@ class Stats:
     early_stops: int = 0
     early_answers: int = 0
     timeboxed: int = 0
+    prefills: int = 0  # local engine: prompt-only warm-up requests
+    prefetches: int = 0  # suggestions computed ahead for the state "as if accepted"
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
@@ -80,6 +82,8 @@ class Stats:
             "earlyStops": self.early_stops,
             "earlyAnswers": self.early_answers,
             "timeboxed": self.timeboxed,
+            "prefills": self.prefills,
+            "prefetches": self.prefetches,
             "promptTokens": self.prompt_tokens,
             "completionTokens": self.completion_tokens,
             "cachedTokens": self.cached_tokens,

@@ -36,6 +36,7 @@ from typing import Any, BinaryIO
 
 import httpx
 
+from qwen_lsp.prompt_cache import N_BATCH, STATE_CACHE_BYTES
 from qwen_lsp.providers.local_child import KEY_ENV
 from qwen_lsp.providers.local_model import (
     MODEL_FILENAME,
@@ -281,7 +282,16 @@ class LocalEngine:
             "--use_mlock", "false",
             # A superseded request (client closed the stream) stops generating.
             "--interrupt_requests", "true",
-            "--verbose", "false",
+            "--n_batch", str(N_BATCH),
+            # Save the state of every finished request and restore the one with
+            # the longest common prefix: coming back to a place or a file does
+            # not process its prompt again.
+            "--cache", "true",
+            "--cache_type", "ram",
+            "--cache_size", str(STATE_CACHE_BYTES),
+            # Per-request timings and cache hits go to the engine log (see
+            # log_path): the record of what the engine reused and computed.
+            "--verbose", "true",
         ]  # fmt: skip
 
     async def _wait_ready(

@@ -129,6 +129,42 @@ def _disable_extra_buffer_types() -> None:
     bindings.llama_model_default_params = without_extra_bufts
 
 
+def _count_whole_states() -> None:
+    """Make the RAM state cache count what each state really holds.
+
+    llama-cpp-python's LlamaRAMCache limits the llama.cpp state bytes only,
+    but every saved state also carries a copy of the logits rows and token
+    ids, which for small prompts is most of its memory: a cache limited to
+    1 GiB could hold tens of GB. The cache class the server instantiates is
+    replaced with one that counts all three.
+    """
+    try:
+        import llama_cpp
+    except ImportError:
+        return
+    base = llama_cpp.LlamaRAMCache
+
+    class HonestRAMCache(base):  # type: ignore[misc, valid-type]
+        @property
+        def cache_size(self) -> int:
+            return sum(
+                int(state.llama_state_size) + int(state.scores.nbytes)
+                + int(state.input_ids.nbytes)
+                for state in self.cache_state.values()
+            )
+
+        def __setitem__(self, key, value) -> None:  # type: ignore[no-untyped-def]
+            # A saved state whose tokens start the new one restores nothing the
+            # new one would not: drop it (pre-fill saves one per chunk).
+            key = tuple(key)
+            for old in [k for k in self.cache_state if len(k) <= len(key) and
+                        key[: len(k)] == k]:
+                del self.cache_state[old]
+            super().__setitem__(key, value)
+
+    llama_cpp.LlamaRAMCache = HonestRAMCache
+
+
 def _parse(argv: list[str]) -> tuple[int, list[str]]:
     """Split ``--parent-pid PID -- server args``."""
     if len(argv) < 3 or argv[0] != "--parent-pid" or argv[2] != "--":
@@ -153,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         server_args = [*server_args, f"--api_key={key}"]
     if not _want_extra_buffer_types():
         _disable_extra_buffer_types()
+    _count_whole_states()
     sys.argv = ["llama_cpp.server", *server_args]
     runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
 

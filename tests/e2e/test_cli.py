@@ -61,10 +61,10 @@ def test_complete_exits_1_when_there_is_nothing(tmp_path) -> None:
 def test_complete_never_prints_a_cut_off_answer(tmp_path) -> None:
     """The time box ends mid-answer: exit 2 with the reason, nothing on stdout."""
     f = _sample(tmp_path)
-    reply = Reply(chunks=["return a", " + b\n"], token_delay=20.0)
+    reply = Reply(chunks=["return a", " + b\n"], token_delay=30.0)
     with FakeUpstream(reply) as fake:
         res = _run(["complete", f"{f}:2:5"],
-                   openai_env(tmp_path, fake.openai_base, QWEN_LSP_TIMEOUT_MS="500"))
+                   openai_env(tmp_path, fake.openai_base, QWEN_LSP_TIMEOUT_MS="3000"))
     assert res.returncode == 2, (res.stdout, res.stderr)
     assert res.stdout == ""
     assert "not complete" in res.stderr and "timeoutMs" in res.stderr

@@ -176,3 +176,57 @@ async def test_disabled_server_leaves_the_engine_off_until_enabled(tmp_path) -> 
     assert engine_while_off is None, engine_while_off
     assert engine["pid"]
     assert on is not None and on.items
+
+
+def _engine_log_since(path: str, offset: int) -> str:
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        return handle.read().decode("utf-8", "replace")
+
+
+async def test_revisit_restores_the_saved_state_of_a_place(tmp_path) -> None:
+    """Place A, then place B far away, then back at A: the engine restores A's saved
+    state (its own log says "cache hit" and how few prompt tokens it evaluated)."""
+    import asyncio
+    import os
+    import re
+    import sysconfig
+    from pathlib import Path
+
+    from lsprotocol import types
+
+    text = (Path(sysconfig.get_paths()["stdlib"]) / "argparse.py").read_text(encoding="utf-8")
+    lines = text.split("\n")
+    uri = "file:///work/proj/argparse.py"
+    client = await start_client(server_env(tmp_path))
+    try:
+        open_doc(client, uri, text)
+        a, b = 1400, 2300  # two places ~900 lines apart, each at the end of a code line
+        await inline(client, uri, a, len(lines[a]))
+        await inline(client, uri, b, len(lines[b]))
+        log_path = (await status(client))["localEngine"]["log_path"]
+        for _ in range(600):  # until the warm-up at B has nothing left to do
+            await asyncio.sleep(0.5)
+            if not (await status(client))["localCache"]["warmUpRunning"]:
+                break
+        offset = os.path.getsize(log_path)
+        # Back at A, one character typed: a new context whose prompt starts like A's.
+        change = types.TextDocumentContentChangePartial(
+            range=types.Range(start=types.Position(line=a, character=len(lines[a])),
+                              end=types.Position(line=a, character=len(lines[a]))),
+            text=" ")
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+            content_changes=[change]))
+        await inline(client, uri, a, len(lines[a]) + 1)
+        engine_log = _engine_log_since(log_path, offset)
+        st = await status(client)
+    finally:
+        await stop_client(client)
+    hits = re.findall(r"(\d+) prefix-match hit, remaining (\d+) prompt tokens", engine_log)
+    assert "cache hit" in engine_log, engine_log[-2000:]
+    assert hits, engine_log[-2000:]
+    reused, remaining = map(int, hits[-1])
+    # A's window was restored, and only the typed end of it was evaluated.
+    assert reused > 2 * remaining, hits
+    assert st["localCache"]["stateRestores"] >= 1

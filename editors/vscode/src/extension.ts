@@ -61,6 +61,31 @@ async function startClient(): Promise<void> {
   await client.start();
 }
 
+// Where the cursor settles (no change for CURSOR_SETTLE_MS): the server warms
+// the local engine up there, so the first suggestion after a jump is quick.
+const CURSOR_SETTLE_MS = 150;
+let cursorTimer: ReturnType<typeof setTimeout> | undefined;
+
+function cursorMoved(e: vscode.TextEditorSelectionChangeEvent): void {
+  if (cursorTimer) {
+    clearTimeout(cursorTimer);
+  }
+  const doc = e.textEditor.document;
+  const pos = e.selections[0]?.active;
+  if (!pos || (doc.uri.scheme !== 'file' && doc.uri.scheme !== 'untitled')) {
+    return;
+  }
+  cursorTimer = setTimeout(() => {
+    cursorTimer = undefined;
+    if (client?.isRunning()) {
+      void client.sendNotification('qwen/cursor', {
+        textDocument: { uri: client.code2ProtocolConverter.asUri(doc.uri) },
+        position: { line: pos.line, character: pos.character },
+      });
+    }
+  }, CURSOR_SETTLE_MS);
+}
+
 async function stopClient(): Promise<void> {
   const old = client;
   client = undefined;
@@ -129,6 +154,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.commands.registerCommand('qwen.showStatus', showStatus),
     vscode.commands.registerCommand('qwen.restart', restart),
     vscode.commands.registerCommand('qwen.toggle', toggle),
+    vscode.window.onDidChangeTextEditorSelection(cursorMoved),
   );
   await startClient();
 }

@@ -1,0 +1,231 @@
+"""What the local engine has already computed, and what a prompt would cost.
+
+On a CPU the engine's prompt processing is the physical limit (about 60-90
+tokens/s on 2 cores): a prompt costs the tokens that are *not* already in its
+KV cache. llama-cpp-python keeps one sequence in its KV cache and, with
+``--cache true --cache_type ram``, saves the state of every request that ran to
+its end and restores the saved state with the longest common prefix when that
+beats the live KV cache. :class:`EngineView` mirrors both from the requests we
+send, so the prompt budget can ask "how many new tokens would this prompt
+cost?" before sending it, and measures the engine's prompt throughput from the
+requests themselves.
+
+Pure bookkeeping: no I/O, no LSP or HTTP types.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from qwen_lsp.context import CHARS_PER_TOKEN, estimate_tokens
+
+# Bytes of engine state per token of Qwen2.5-Coder-0.5B (24 layers, 2 KV heads
+# of 64, f16 K and V), and per logits row (151,936 floats) a saved state copies
+# (up to the engine's n_batch rows): what one state costs the engine's RAM cache.
+STATE_BYTES_PER_TOKEN = 24 * 2 * 2 * 64 * 2
+LOGITS_ROW_BYTES = 151_936 * 4
+# A first guess until the engine has been measured (2 cores, AVX2, busy).
+DEFAULT_TOKENS_PER_S = 50.0
+# Throughput samples need enough new tokens to say something.
+MIN_SAMPLE_TOKENS = 24
+# Time per request besides prompt processing: HTTP, state restore, the first
+# sampled token. Subtracted from the time to the first token before dividing.
+REQUEST_OVERHEAD_S = 0.08
+EWMA_WEIGHT = 0.3
+# The engine's RAM cache of saved states (its --cache_size), counted honestly:
+# see providers/local_child.py. Each state of a place costs its KV cells
+# (12 kB a token for the 0.5B model) plus a copy of the logits rows.
+STATE_CACHE_BYTES = 1 << 30
+# Prompt tokens per decode call. It also sets the logits rows that every saved
+# state copies (n_batch x 151,936 floats): 64 keeps that at 39 MB a state
+# instead of 311 MB at the default 512, for the same prompt speed on the CPU
+# (BENCHMARKS.md, "Engine settings").
+N_BATCH = 64
+
+
+def common_prefix_len(a: str, b: str) -> int:
+    """Length of the longest common prefix, by bisection over C-level slice compares."""
+    hi = min(len(a), len(b))
+    if a[:hi] == b[:hi]:
+        return hi
+    lo = 0  # a[:lo] == b[:lo] holds; a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """What one prompt would cost the engine now."""
+
+    prompt_tokens: int
+    cached_tokens: int
+    source: str  # "kv", "saved" or "none": where the reused prefix would come from
+    cached_chars: int = 0
+
+    @property
+    def new_tokens(self) -> int:
+        return max(0, self.prompt_tokens - self.cached_tokens)
+
+
+class EngineView:
+    """Our copy of the engine's KV cache, its saved states, and its speed.
+
+    ``capacity_bytes`` mirrors the engine's ``--cache_size``; saved states are
+    forgotten in the engine's order (least recently used first).
+    """
+
+    def __init__(self, capacity_bytes: int, *, logits_rows: int = 64,
+                 max_states: int = 256) -> None:
+        self.capacity_bytes = capacity_bytes
+        self.logits_rows = logits_rows
+        self.max_states = max_states
+        self.kv = ""  # the sequence in the live KV cache: last prompt + what it generated
+        self._saved: OrderedDict[str, int] = OrderedDict()  # text -> estimated bytes
+        self.tokens_per_s = DEFAULT_TOKENS_PER_S
+        self.measured = False
+        self.samples = 0
+        self.reused_tokens = 0  # estimated prompt tokens served from KV or saved states
+        self.computed_tokens = 0  # estimated prompt tokens the engine had to process
+        self.restores = 0  # requests expected to restore a saved state
+
+    # -- questions -------------------------------------------------------------
+    def cost(self, prompt: str) -> Cost:
+        kv = common_prefix_len(prompt, self.kv)
+        best, source = kv, "kv" if kv else "none"
+        head = prompt[:64]
+        for text in self._saved:
+            if not text.startswith(head[: min(len(head), len(text))]):
+                continue
+            n = common_prefix_len(prompt, text)
+            if n > best:
+                best, source = n, "saved"
+        # A partial token at the seam is recomputed: count whole tokens only.
+        cached = int(best / CHARS_PER_TOKEN)
+        return Cost(estimate_tokens(prompt), cached, source, best)
+
+    def seconds(self, new_tokens: int) -> float:
+        return new_tokens / max(1.0, self.tokens_per_s)
+
+    def budget_tokens(self, seconds: float) -> int:
+        """New prompt tokens that fit in ``seconds`` of prompt processing."""
+        return int(seconds * self.tokens_per_s)
+
+    @property
+    def saved_states(self) -> int:
+        return len(self._saved)
+
+    @property
+    def saved_bytes(self) -> int:
+        return sum(self._saved.values())
+
+    # -- what happened -----------------------------------------------------------
+    def record(self, prompt: str, output: str, *, completed: bool,
+               first_token_s: float | None, cost: Cost | None = None) -> None:
+        """A request ran: update the KV copy, the saved states and the throughput.
+
+        ``completed``: the stream ended by itself, so the engine saved its state
+        (it does not when the client closes the stream early).
+        ``cost``: what :meth:`cost` said before it was sent (for the throughput).
+        """
+        cost = cost or self.cost(prompt)
+        if cost.source == "saved":
+            self.restores += 1
+            self._touch(prompt)
+        self.reused_tokens += cost.cached_tokens
+        self.computed_tokens += cost.new_tokens
+        self.kv = prompt + output
+        if completed:
+            self._save(self.kv)
+        if first_token_s is not None and cost.new_tokens >= MIN_SAMPLE_TOKENS:
+            busy = max(0.01, first_token_s - REQUEST_OVERHEAD_S)
+            self.observe(cost.new_tokens, busy)
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        """One throughput sample: ``tokens`` prompt tokens processed in ``seconds``."""
+        rate = tokens / max(0.01, seconds)
+        if not self.measured:
+            self.tokens_per_s = rate
+            self.measured = True
+        else:
+            self.tokens_per_s += EWMA_WEIGHT * (rate - self.tokens_per_s)
+        self.samples += 1
+
+    def forget(self) -> None:
+        """The engine restarted: nothing is cached any more (speed is kept)."""
+        self.kv = ""
+        self._saved.clear()
+
+    def state_bytes(self, text: str) -> int:
+        tokens = estimate_tokens(text)
+        return tokens * STATE_BYTES_PER_TOKEN + min(tokens, self.logits_rows) * LOGITS_ROW_BYTES
+
+    def _save(self, text: str) -> None:
+        # As the engine's cache does (local_child): states that the new one
+        # extends are dropped.
+        for old in [t for t in self._saved if text.startswith(t)]:
+            del self._saved[old]
+        self._saved[text] = self.state_bytes(text)
+        while self._saved and (
+            sum(self._saved.values()) > self.capacity_bytes or len(self._saved) > self.max_states
+        ):
+            self._saved.popitem(last=False)
+
+    def _touch(self, prompt: str) -> None:
+        """The engine restores the saved state with the longest common prefix and
+        moves it to the recent end; mirror that so evictions stay in step."""
+        best, key = 0, None
+        for text in self._saved:
+            n = common_prefix_len(prompt, text)
+            if n > best:
+                best, key = n, text
+        if key is not None and best > common_prefix_len(prompt, self.kv):
+            self._saved.move_to_end(key)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "promptTokensPerSecond": round(self.tokens_per_s, 1),
+            "throughputMeasured": self.measured,
+            "throughputSamples": self.samples,
+            "kvCacheTokens": estimate_tokens(self.kv),
+            "savedStates": self.saved_states,
+            "savedStateBytes": self.saved_bytes,
+            "reusedPromptTokens": self.reused_tokens,
+            "computedPromptTokens": self.computed_tokens,
+            "stateRestores": self.restores,
+        }
+
+
+def choose(costs: Sequence[Cost], budget_new_tokens: int) -> int:
+    """Index of the largest prompt whose new tokens fit the budget.
+
+    ``costs`` run from the largest prompt to the smallest; when none fits,
+    the smallest is taken (the first answer must come from somewhere).
+    """
+    for i, c in enumerate(costs):
+        if c.new_tokens <= budget_new_tokens:
+            return i
+    return len(costs) - 1
+
+
+# The first answer at a new place should need about this much prompt processing.
+TARGET_PROMPT_S = 1.0
+# Smallest window offered (a few lines around the cursor).
+MIN_CONTEXT_TOKENS = 96
+
+
+def candidate_budgets(full_tokens: int) -> list[int]:
+    """Context budgets to try, largest first: the full budget, then halves."""
+    out: list[int] = []
+    b = full_tokens
+    while b > MIN_CONTEXT_TOKENS:
+        out.append(b)
+        b //= 2
+    out.append(min(full_tokens, MIN_CONTEXT_TOKENS))
+    return out

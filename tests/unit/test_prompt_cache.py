@@ -1,0 +1,144 @@
+"""The engine-aware prompt budget: our copy of the local engine's prompt cache."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from qwen_lsp.context import CHARS_PER_TOKEN, estimate_tokens
+from qwen_lsp.prompt_cache import (
+    LOGITS_ROW_BYTES,
+    MIN_CONTEXT_TOKENS,
+    STATE_BYTES_PER_TOKEN,
+    Cost,
+    EngineView,
+    candidate_budgets,
+    choose,
+    common_prefix_len,
+)
+from qwen_lsp.warmup import Warmer
+
+
+@given(st.text(max_size=300), st.text(max_size=300))
+def test_common_prefix_len_matches_a_plain_scan(a: str, b: str) -> None:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    assert common_prefix_len(a, b) == n
+
+
+def test_cost_counts_what_the_kv_cache_already_holds() -> None:
+    view = EngineView(1 << 30)
+    prompt = "x" * 3800
+    assert view.cost(prompt).new_tokens == estimate_tokens(prompt)  # nothing cached
+    view.record(prompt, "out", completed=False, first_token_s=None)
+    again = view.cost(prompt + "y" * 38)
+    assert again.source == "kv"
+    assert again.new_tokens <= 11  # only the 10 new tokens (and a seam token)
+
+
+def test_a_saved_state_serves_a_revisit_after_another_place() -> None:
+    view = EngineView(1 << 30)
+    place_a, place_b = "a" * 2000, "b" * 2000
+    view.record(place_a, "", completed=True, first_token_s=None)
+    view.record(place_b, "", completed=True, first_token_s=None)
+    back = view.cost(place_a + "more")
+    assert back.source == "saved" and back.cached_chars == 2000
+    # A stream we closed early is not saved by the engine.
+    view.record("c" * 2000, "", completed=False, first_token_s=None)
+    assert view.cost("c" * 2000).source == "kv"
+    view.record("d" * 10, "", completed=False, first_token_s=None)
+    assert view.cost("c" * 2000).new_tokens == estimate_tokens("c" * 2000)
+
+
+def test_states_extended_by_a_newer_one_are_dropped_and_capacity_is_kept() -> None:
+    view = EngineView(1 << 30)
+    view.record("p" * 100, "", completed=True, first_token_s=None)
+    view.record("p" * 200, "", completed=True, first_token_s=None)  # the next pre-fill chunk
+    assert view.saved_states == 1
+    one = view.state_bytes("q" * 3800)
+    assert one == 1000 * STATE_BYTES_PER_TOKEN + 64 * LOGITS_ROW_BYTES
+    small = EngineView(capacity_bytes=2 * one + 1)
+    for ch in "qrs":
+        small.record(ch * 3800, "", completed=True, first_token_s=None)
+    assert small.saved_states == 2
+    assert small.cost("q" * 3800).source == "none"  # the oldest went first
+    assert small.cost("r" * 3800).source == "saved"
+
+
+def test_throughput_is_measured_from_requests_with_enough_new_tokens() -> None:
+    view = EngineView(1 << 30)
+    assert not view.measured
+    view.record("z" * int(10 * CHARS_PER_TOKEN), "", completed=True, first_token_s=5.0)
+    assert not view.measured  # 10 tokens say nothing about the speed
+    prompt = "w" * int(200 * CHARS_PER_TOKEN)
+    view.record(prompt, "", completed=True, first_token_s=2.08)
+    assert view.measured and view.tokens_per_s == pytest.approx(100, rel=0.05)
+    view.observe(100, 2.0)  # 50 tok/s: the average moves toward it
+    assert 50 < view.tokens_per_s < 100
+    assert view.budget_tokens(1.0) == int(view.tokens_per_s)
+
+
+def test_choose_takes_the_largest_prompt_that_fits_else_the_smallest() -> None:
+    costs = [Cost(1500, 0, "none"), Cost(700, 650, "kv"), Cost(90, 0, "none")]
+    assert choose(costs, 80) == 1
+    assert choose(costs, 2000) == 0
+    assert choose([Cost(1500, 0, "none"), Cost(300, 0, "none")], 80) == 1
+
+
+@pytest.mark.parametrize(("full", "expected"), [
+    (1536, [1536, 768, 384, 192, MIN_CONTEXT_TOKENS]),
+    (512, [512, 256, 128, MIN_CONTEXT_TOKENS]),
+    (64, [64]),
+])
+def test_candidate_budgets_halve_down_to_a_few_lines(full: int, expected: list[int]) -> None:
+    assert candidate_budgets(full) == expected
+
+
+def test_forget_empties_the_cache_but_keeps_the_speed() -> None:
+    view = EngineView(1 << 30)
+    view.record("k" * 400, "", completed=True, first_token_s=1.0)
+    speed = view.tokens_per_s
+    view.forget()
+    assert view.saved_states == 0 and view.kv == ""
+    assert view.tokens_per_s == speed
+
+
+async def test_warmer_runs_steps_only_in_pauses_and_stops_when_done() -> None:
+    done: list[float] = []
+    work = [3]
+    busy = [False]
+    loop = asyncio.get_running_loop()
+
+    async def step() -> bool:
+        if work[0] == 0:
+            return False
+        work[0] -= 1
+        done.append(loop.time())
+        return True
+
+    w = Warmer(step, engine_idle=lambda: not busy[0], idle_s=0.05)
+    w.poke()
+    t0 = loop.time()
+    for _ in range(100):
+        if not w.running:
+            break
+        await asyncio.sleep(0.01)
+    assert len(done) == 3 and not w.running
+    assert done[0] - t0 >= 0.045  # it waited for the pause
+    # A busy engine holds the next step back; a poke restarts the loop.
+    work[0] = 1
+    busy[0] = True
+    w.poke()
+    await asyncio.sleep(0.15)
+    assert len(done) == 3
+    busy[0] = False
+    for _ in range(100):
+        if len(done) == 4:
+            break
+        await asyncio.sleep(0.01)
+    assert len(done) == 4
+    await w.aclose()
