@@ -262,15 +262,17 @@ def ghost_colours(term: Term, case: Case) -> tuple[set[int | str | None], int | 
     return visible, normal
 
 
-def check_screen_is_buffer(term: Term, want_lines: list[str]) -> None:
-    """The buffer is what the case says, and the screen shows it and nothing else."""
+def accept(term: Term, key: str, want_lines: list[str]) -> None:
+    """Press ``key``; then the buffer must be ``want_lines``, and the screen show
+    those lines and nothing else."""
+    sent = term.state()["inline_sent"]
+    term.keys(key)
+    term.wait("the accepted text", lambda: term.state()["lines"] == want_lines)
+
     def no_request_left() -> dict[str, Any] | None:
         state = term.state()
         return state if state["pending"] == 0 and state["inline_sent"] > sent else None
 
-    state = term.state()
-    sent = state["inline_sent"]
-    assert state["lines"] == want_lines, state
     # Neovim asks for a new suggestion at the new cursor (after its 200 ms
     # debounce); the fake answers it with nothing. Then the screen is final.
     term.wait("the follow-up inline request to be answered", no_request_left)
@@ -301,9 +303,7 @@ def test_tab_accepts_ghost_text_leaving_exact_buffer_and_screen(
         assert len(visible) == 1, visible
         (colour,) = visible
         assert isinstance(colour, int) and colour != normal, (colour, normal)
-        term.keys("Tab")
-        term.wait("the accepted text", lambda: term.state()["lines"] == after_lines(case))
-        check_screen_is_buffer(term, after_lines(case))
+        accept(term, "Tab", after_lines(case))
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[2]], ids=[IDS[0], IDS[2]])
@@ -316,9 +316,7 @@ def test_menu_accept_leaves_exact_buffer_and_screen(
         term.keys("C-x", "C-o")
         term.wait("the item in the line", lambda: term.state()["mode"] == "ic"
                   or term.state()["lines"] != case.before.split("\n")[:-1])
-        term.keys("C-y")
-        term.wait("the applied item", lambda: term.state()["lines"] == after_lines(case))
-        check_screen_is_buffer(term, after_lines(case))
+        accept(term, "C-y", after_lines(case))
 
 
 def test_user_highlight_wins(nvim: Path, tmp_path: Path) -> None:
