@@ -330,11 +330,13 @@ def test_user_highlight_wins(nvim: Path, tmp_path: Path) -> None:
 
 
 # Failure: (fake reply, words of the server's whole message that the one-line
-# version shown while typing leaves out).
+# version shown while typing leaves out). A 500 is reported at once, a
+# time-out once three completions in a row have run out of their time box.
 FAILURES = {
     "http-500": (Reply(status=500), "completions resume by themselves"),
     "time-out": (Reply(text="name", first_token_delay=30.0), "raise qwen.timeoutMs"),
 }
+WORDS = ["name", ".title", "()", " + ", "'x'", " + ", "name", "[0]", " + ", "'y'"]
 
 
 @pytest.mark.parametrize("failure", sorted(FAILURES))
@@ -353,15 +355,28 @@ def test_failing_upstream_never_opens_a_prompt_while_typing(
             screen = term.settled_screen()
             assert not any("Press ENTER" in r for r in screen), "\n".join(screen)
 
-        # Type, wait in insert mode until Neovim has shown the server's
-        # message about the failure, then type on.
-        for word in ["name", ".title", "()"]:
+        # Type word by word, each time until the model request it caused has
+        # failed, until Neovim has shown the server's message; then type on.
+        # (Without the fix Neovim waits at the prompt and answers nothing.)
+        words = iter(WORDS)
+        for word in words:
+            asked = len(fake.requests)
             term.type(word)
             typed += word
+
+            def failed_or_told(asked: int = asked) -> str | None:
+                if "qwen-lsp:" in term.state()["messages"]:
+                    return "told"
+                ended = len(fake.requests) > asked and fake.wait_until_finished(0.1)
+                return "failed" if ended else None
+
+            outcome = term.wait("the request to fail", failed_or_told)
             no_prompt()
-        term.wait("the message", lambda: "qwen-lsp:" in term.state()["messages"])
-        no_prompt()
-        for word in [" + ", "'x'", " + ", "name", "[0]"]:
+            if outcome == "told":
+                break
+        else:
+            raise AssertionError("no message about the failure: " + term.show())
+        for word in words:
             term.type(word)
             typed += word
         term.wait("the typed text", lambda: term.state()["lines"][case.line] == line + typed)
