@@ -306,7 +306,20 @@ def test_tab_accepts_ghost_text_leaving_exact_buffer_and_screen(
         accept(term, "Tab", after_lines(case))
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[2]], ids=[IDS[0], IDS[2]])
+# One line for the next line: with no menu (a single item, Neovim's default
+# 'completeopt') <C-y> also acts as i_CTRL-Y, which would add the character
+# above the cursor ("é") after the item.
+NEXT_LINE = Case(
+    name="next-line",
+    before=CASES[2].before,
+    line=1,
+    reply="\n        print(n)",
+    after='def greet(names):\n    for n in ["héllo", "wörld 🌍"]:\n        print(n)\n\n',
+)
+MENU_CASES = [CASES[0], CASES[2], NEXT_LINE]
+
+
+@pytest.mark.parametrize("case", MENU_CASES, ids=[c.name for c in MENU_CASES])
 def test_menu_accept_leaves_exact_buffer_and_screen(
     nvim: Path, case: Case, tmp_path: Path
 ) -> None:

@@ -206,19 +206,54 @@ local function on_attach_modern(client, bufnr, opts)
     )
   end
   vim.lsp.completion.enable(true, client.id, bufnr, { autotrigger = true })
+  -- With a single item and no 'menuone' (Neovim's default 'completeopt')
+  -- there is no menu: the item is already in the line, and <C-y> applies it,
+  -- leaves completion and then goes on as i_CTRL-Y, inserting the character
+  -- above the cursor after the item. That character is taken out again.
+  local ctrl_y_without_menu = false
+  vim.keymap.set('i', '<C-y>', function()
+    local info = vim.fn.complete_info({ 'mode', 'pum_visible' })
+    ctrl_y_without_menu = info.mode ~= '' and info.pum_visible == 0
+    vim.schedule(function() -- this key's CompleteDone, if any, has run
+      ctrl_y_without_menu = false
+    end)
+    return '<C-y>'
+  end, { expr = true, buffer = bufnr, desc = 'qwen-lsp: accept the completion item' })
+  local function undo_ctrl_y()
+    if not ctrl_y_without_menu then
+      return
+    end
+    ctrl_y_without_menu = false
+    -- Here the item is applied (vim.lsp.completion's handler ran first);
+    -- i_CTRL-Y runs once this event is over.
+    local row, col = unpack(vim.api.nvim_win_get_cursor(0))
+    local line = vim.api.nvim_get_current_line()
+    vim.schedule(function()
+      local now_row, now_col = unpack(vim.api.nvim_win_get_cursor(0))
+      local now = vim.api.nvim_get_current_line()
+      if now_row == row and now_col > col and now:sub(1, col) .. now:sub(now_col + 1) == line then
+        vim.api.nvim_buf_set_text(bufnr, row - 1, col, row - 1, now_col, { '' })
+        vim.api.nvim_win_set_cursor(0, { row, col })
+      end
+    end)
+  end
+  local inline = opts.inline and vim.lsp.inline_completion
+  vim.api.nvim_create_autocmd('CompleteDone', {
+    group = vim.api.nvim_create_augroup('qwen_lsp_buf_' .. bufnr, { clear = true }),
+    buffer = bufnr,
+    callback = function()
+      undo_ctrl_y()
+      if inline then
+        -- Once a menu item is in the line, the ghost text shown before the
+        -- menu opened is stale: Neovim would draw it again after the
+        -- inserted text (a multi-line item then showed its lines twice).
+        -- Dismiss it; the next request asks at the new cursor.
+        vim.lsp.inline_completion.get({ bufnr = bufnr, on_accept = function() end })
+      end
+    end,
+  })
   if opts.inline and vim.lsp.inline_completion then
     vim.lsp.inline_completion.enable(true, { bufnr = bufnr })
-    -- Once a menu item is in the line, the ghost text shown before the menu
-    -- opened is stale: Neovim would draw it again after the inserted text
-    -- (a multi-line item then showed its lines twice). Dismiss it; the next
-    -- request asks at the new cursor.
-    vim.api.nvim_create_autocmd('CompleteDone', {
-      group = vim.api.nvim_create_augroup('qwen_lsp_buf_' .. bufnr, { clear = true }),
-      buffer = bufnr,
-      callback = function()
-        vim.lsp.inline_completion.get({ bufnr = bufnr, on_accept = function() end })
-      end,
-    })
     local keys = opts.keys
     vim.keymap.set('i', keys.accept, function()
       if not vim.lsp.inline_completion.get() then
