@@ -209,16 +209,21 @@ local function on_attach_modern(client, bufnr, opts)
   -- With a single item and no 'menuone' (Neovim's default 'completeopt')
   -- there is no menu: the item is already in the line, and <C-y> applies it,
   -- leaves completion and then goes on as i_CTRL-Y, inserting the character
-  -- above the cursor after the item. That character is taken out again.
+  -- above the cursor after the item. That character is taken out again. A
+  -- <C-y> mapping of the user's own is left alone.
   local ctrl_y_without_menu = false
-  vim.keymap.set('i', '<C-y>', function()
-    local info = vim.fn.complete_info({ 'mode', 'pum_visible' })
-    ctrl_y_without_menu = info.mode ~= '' and info.pum_visible == 0
-    vim.schedule(function() -- this key's CompleteDone, if any, has run
-      ctrl_y_without_menu = false
-    end)
-    return '<C-y>'
-  end, { expr = true, buffer = bufnr, desc = 'qwen-lsp: accept the completion item' })
+  local ours = 'qwen-lsp: accept the completion item'
+  local existing = vim.fn.maparg('<C-y>', 'i', false, true)
+  if vim.tbl_isempty(existing) or existing.desc == ours then
+    vim.keymap.set('i', '<C-y>', function()
+      local info = vim.fn.complete_info({ 'mode', 'pum_visible' })
+      ctrl_y_without_menu = info.mode ~= '' and info.pum_visible == 0
+      vim.schedule(function() -- this key's CompleteDone, if any, has run
+        ctrl_y_without_menu = false
+      end)
+      return '<C-y>'
+    end, { expr = true, buffer = bufnr, desc = ours })
+  end
   local function undo_ctrl_y()
     if not ctrl_y_without_menu then
       return
