@@ -359,7 +359,7 @@ def test_failing_upstream_never_opens_a_prompt_while_typing(
     case = CASES[0]
     reply, fix = FAILURES[failure]
     with FakeUpstream(reply) as fake, \
-            terminal(nvim, tmp_path, fake, case.before, QWEN_LSP_TIMEOUT_MS="1000") as term:
+            terminal(nvim, tmp_path, fake, case.before, QWEN_LSP_TIMEOUT_MS="2000") as term:
         line = case.before.split("\n")[case.line]
         term.keys(f"{case.line + 1}G", "A")
         typed = ""
@@ -368,22 +368,24 @@ def test_failing_upstream_never_opens_a_prompt_while_typing(
             screen = term.settled_screen()
             assert not any("Press ENTER" in r for r in screen), "\n".join(screen)
 
-        # Type word by word, each time until the model request it caused has
-        # failed, until Neovim has shown the server's message; then type on.
-        # (Without the fix Neovim waits at the prompt and answers nothing.)
+        # Type word by word, each time until the server has answered the
+        # inline request the word caused (after the failure), until Neovim has
+        # shown the server's message; then type on. (Without the fix Neovim
+        # waits at the prompt and answers nothing.)
         words = iter(WORDS)
         for word in words:
-            asked = len(fake.requests)
+            sent = term.state()["inline_sent"]
             term.type(word)
             typed += word
 
-            def failed_or_told(asked: int = asked) -> str | None:
-                if "qwen-lsp:" in term.state()["messages"]:
+            def failed_or_told(sent: int = sent) -> str | None:
+                state = term.state()
+                if "qwen-lsp:" in state["messages"]:
                     return "told"
-                ended = len(fake.requests) > asked and fake.wait_until_finished(0.1)
-                return "failed" if ended else None
+                answered = state["inline_sent"] > sent and state["pending"] == 0
+                return "failed" if answered else None
 
-            outcome = term.wait("the request to fail", failed_or_told)
+            outcome = term.wait("the answer to the request", failed_or_told)
             no_prompt()
             if outcome == "told":
                 break
