@@ -91,10 +91,9 @@ class Term:
         out = self.tmux("capture-pane", "-p", *(["-e"] if escapes else []))
         return out.split("\n")[:HEIGHT]
 
-    def state(self) -> dict[str, Any]:
-        """Neovim's mode, buffer, cursor and LSP requests (see nvim_terminal_init.lua)."""
+    def _ask_state(self) -> subprocess.CompletedProcess[str]:
         try:
-            proc = subprocess.run(
+            return subprocess.run(
                 [str(self.nvim), "--clean", "--headless", "--server", str(self.server),
                  "--remote-expr", "v:lua.qwen_test_state()"],
                 env=self.env, capture_output=True, text=True, timeout=10, check=False,
@@ -102,6 +101,15 @@ class Term:
         except subprocess.TimeoutExpired:
             # Neovim answers nothing while it waits at a prompt.
             raise AssertionError("nvim does not answer; screen:\n" + self.show()) from None
+
+    def initialised(self) -> bool:
+        """The init file has run (the socket listens before it does)."""
+        proc = self._ask_state()
+        return proc.returncode == 0 and bool(proc.stdout)
+
+    def state(self) -> dict[str, Any]:
+        """Neovim's mode, buffer, cursor and LSP requests (see nvim_terminal_init.lua)."""
+        proc = self._ask_state()
         assert proc.returncode == 0 and proc.stdout, proc.stderr
         return json.loads(proc.stdout)
 
@@ -154,6 +162,7 @@ def terminal(nvim: Path, tmp: Path, fake: FakeUpstream, text: str,
     term.start(src)
     try:
         term.wait("nvim's --listen socket", term.server.exists)
+        term.wait("the init file to have run", term.initialised)
         state = term.wait("the client to attach", lambda: (s := term.state())["attached"] and s)
         # The terminal the test claims to be.
         assert state["term"] == "tmux-256color", state
