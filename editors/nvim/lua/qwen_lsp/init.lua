@@ -3,7 +3,8 @@
 --   0.11+  vim.lsp.config / vim.lsp.enable, vim.lsp.completion (the server
 --          sends multi-line items as snippets, which vim.snippet expands
 --          with the line's indentation), and on 0.12+ vim.lsp.inline_completion
---          (ghost text) with accept / next / previous mappings.
+--          (ghost text, highlight group QwenLspGhost) with accept / next /
+--          previous mappings.
 --   0.7-0.10 vim.lsp.start_client + 'omnifunc' (<C-x><C-o>). The built-in
 --          complete() cannot put line breaks into the buffer (they show up
 --          as ^@), so a CompleteDone hook turns them into real lines.
@@ -111,6 +112,91 @@ local function legacy_setup(opts)
   })
 end
 
+-- Ghost text. vim.lsp.inline_completion draws it with ComplHint, which
+-- Neovim links to NonText; the default colour scheme gives NonText a GUI
+-- colour only, so without 'termguicolors' the suggestion looked like typed
+-- text. QwenLspGhost is NonText plus a terminal colour (grey, 8) where it has
+-- none, defined with default = true: a user's or colour scheme's own
+-- QwenLspGhost wins. ComplHint is pointed at it only while it is still
+-- Neovim's own link, so a ComplHint of the user's is kept too.
+local GHOST_GROUP = 'QwenLspGhost'
+
+function M.define_highlights()
+  local nontext = vim.api.nvim_get_hl(0, { name = 'NonText', link = false })
+  vim.api.nvim_set_hl(0, GHOST_GROUP, {
+    fg = nontext.fg,
+    ctermfg = nontext.ctermfg or 8,
+    default = true,
+  })
+  local hint = vim.api.nvim_get_hl(0, { name = 'ComplHint' })
+  if hint.link == 'NonText' and vim.tbl_count(hint) == 1 then
+    vim.api.nvim_set_hl(0, 'ComplHint', { link = GHOST_GROUP })
+  end
+end
+
+-- A message longer than the command line opens a hit-enter prompt, which in
+-- insert mode stops the typing (a failing upstream sent one as the user
+-- typed). Outside normal mode it is shown cut to one line (kept in
+-- :messages) and in full, through vim.notify, once normal mode is back.
+-- A vim.notify replaced by a plugin (nvim-notify, noice) gets every message
+-- as it comes: those do not prompt.
+local function builtin_notify()
+  local info = debug.getinfo(vim.notify, 'S')
+  return info ~= nil and info.source:find('vim/_editor.lua', 1, true) ~= nil
+end
+
+local function one_line(text, width)
+  text = text:gsub('\n.*', '')
+  if vim.fn.strdisplaywidth(text) <= width then
+    return text
+  end
+  local cut = vim.fn.strcharpart(text, 0, math.max(width - 1, 0))
+  while cut ~= '' and vim.fn.strdisplaywidth(cut) > width - 1 do
+    cut = vim.fn.strcharpart(cut, 0, vim.fn.strchars(cut) - 1)
+  end
+  return cut .. '…'
+end
+
+local deferred = {}
+
+local function flush_deferred()
+  local pending = deferred
+  deferred = {}
+  for _, message in ipairs(pending) do
+    vim.notify(message.text, message.level)
+  end
+end
+
+function M.show_message(_, params, ctx)
+  if type(params) ~= 'table' or type(params.message) ~= 'string' then
+    return vim.NIL
+  end
+  local client = vim.lsp.get_client_by_id(ctx.client_id)
+  local name = client and client.name or 'qwen-lsp'
+  -- The server already names itself at the start of its messages.
+  local text = params.message:find(name .. ':', 1, true) == 1 and params.message
+    or (name .. ': ' .. params.message)
+  local level = ({ vim.log.levels.ERROR, vim.log.levels.WARN, vim.log.levels.INFO })[params.type]
+    or vim.log.levels.INFO
+  local mode = vim.api.nvim_get_mode().mode
+  local fits = not text:find('\n') and vim.fn.strdisplaywidth(text) <= vim.v.echospace
+  if mode == 'n' or fits or not builtin_notify() then
+    vim.notify(text, level)
+    return vim.NIL
+  end
+  local hl = level == vim.log.levels.ERROR and 'ErrorMsg'
+    or level == vim.log.levels.WARN and 'WarningMsg' or 'Normal'
+  vim.api.nvim_echo({ { one_line(text, vim.v.echospace), hl } }, true, {})
+  table.insert(deferred, { text = text, level = level })
+  vim.api.nvim_create_autocmd('ModeChanged', {
+    group = vim.api.nvim_create_augroup('qwen_lsp_messages', { clear = true }),
+    pattern = '*:n',
+    once = true,
+    callback = vim.schedule_wrap(flush_deferred),
+  })
+  return vim.NIL
+end
+
 local function on_attach_modern(client, bufnr, opts)
   local triggers = client.server_capabilities.completionProvider
   if triggers and #opts.extra_trigger_characters > 0 then
@@ -120,6 +206,57 @@ local function on_attach_modern(client, bufnr, opts)
     )
   end
   vim.lsp.completion.enable(true, client.id, bufnr, { autotrigger = true })
+  -- With a single item and no 'menuone' (Neovim's default 'completeopt')
+  -- there is no menu: the item is already in the line, and <C-y> applies it,
+  -- leaves completion and then goes on as i_CTRL-Y, inserting the character
+  -- above the cursor after the item. That character is taken out again. A
+  -- <C-y> mapping of the user's own is left alone.
+  local ctrl_y_without_menu = false
+  local ours = 'qwen-lsp: accept the completion item'
+  local existing = vim.fn.maparg('<C-y>', 'i', false, true)
+  if vim.tbl_isempty(existing) or existing.desc == ours then
+    vim.keymap.set('i', '<C-y>', function()
+      local info = vim.fn.complete_info({ 'mode', 'pum_visible' })
+      ctrl_y_without_menu = info.mode ~= '' and info.pum_visible == 0
+      vim.schedule(function() -- this key's CompleteDone, if any, has run
+        ctrl_y_without_menu = false
+      end)
+      return '<C-y>'
+    end, { expr = true, buffer = bufnr, desc = ours })
+  end
+  local function undo_ctrl_y()
+    if not ctrl_y_without_menu then
+      return
+    end
+    ctrl_y_without_menu = false
+    -- Here the item is applied (vim.lsp.completion's handler ran first);
+    -- i_CTRL-Y runs once this event is over.
+    local row, col = unpack(vim.api.nvim_win_get_cursor(0))
+    local line = vim.api.nvim_get_current_line()
+    vim.schedule(function()
+      local now_row, now_col = unpack(vim.api.nvim_win_get_cursor(0))
+      local now = vim.api.nvim_get_current_line()
+      if now_row == row and now_col > col and now:sub(1, col) .. now:sub(now_col + 1) == line then
+        vim.api.nvim_buf_set_text(bufnr, row - 1, col, row - 1, now_col, { '' })
+        vim.api.nvim_win_set_cursor(0, { row, col })
+      end
+    end)
+  end
+  local inline = opts.inline and vim.lsp.inline_completion
+  vim.api.nvim_create_autocmd('CompleteDone', {
+    group = vim.api.nvim_create_augroup('qwen_lsp_buf_' .. bufnr, { clear = true }),
+    buffer = bufnr,
+    callback = function()
+      undo_ctrl_y()
+      if inline then
+        -- Once a menu item is in the line, the ghost text shown before the
+        -- menu opened is stale: Neovim would draw it again after the
+        -- inserted text (a multi-line item then showed its lines twice).
+        -- Dismiss it; the next request asks at the new cursor.
+        vim.lsp.inline_completion.get({ bufnr = bufnr, on_accept = function() end })
+      end
+    end,
+  })
   if opts.inline and vim.lsp.inline_completion then
     vim.lsp.inline_completion.enable(true, { bufnr = bufnr })
     local keys = opts.keys
@@ -144,9 +281,16 @@ local function modern_setup(opts)
     root_markers = opts.root_markers,
     init_options = opts.init_options,
     settings = opts.settings,
+    handlers = { ['window/showMessage'] = M.show_message },
   })
+  local group = vim.api.nvim_create_augroup('qwen_lsp', { clear = true })
+  if opts.inline and vim.lsp.inline_completion then
+    M.define_highlights()
+    -- :colorscheme clears every highlight group first.
+    vim.api.nvim_create_autocmd('ColorScheme', { group = group, callback = M.define_highlights })
+  end
   vim.api.nvim_create_autocmd('LspAttach', {
-    group = vim.api.nvim_create_augroup('qwen_lsp', { clear = true }),
+    group = group,
     callback = function(args)
       local client = vim.lsp.get_client_by_id(args.data.client_id)
       if client and client.name == opts.name then
