@@ -155,10 +155,11 @@ def _progress_line(message: str, fraction: float | None) -> None:
 
 async def _complete(location: str, language: str | None) -> int:
     from qwen_lsp.backend import Backend
-    from qwen_lsp.context import build_context
+    from qwen_lsp.context import CompletionContext, build_context
     from qwen_lsp.documents import UTF32, Document
     from qwen_lsp.engine import Engine, EngineConfig
     from qwen_lsp.exclude import is_excluded
+    from qwen_lsp.prompt_cache import STATE_CACHE_BYTES, EngineView, fit_context
     from qwen_lsp.providers.base import UpstreamError
     from qwen_lsp.settings import NO_BACKEND_MESSAGE, load_settings
 
@@ -183,12 +184,22 @@ async def _complete(location: str, language: str | None) -> int:
         print(f"qwen-lsp: {path} has only {doc.line_count} lines", file=sys.stderr)
         return EXIT_ERROR
     offset = doc.offset_at(line - 1, col - 1, UTF32, strict=True)
-    ctx = build_context(
-        text, offset, uri=doc.uri, path=path.name, language=language or language_for(path),
-        version=0, context_tokens=settings.context_tokens,
-        multiline_setting=settings.multiline, manual=True, max_output_tokens=settings.max_tokens,
-        context_window=settings.context_size if settings.provider == "local" else None,
-    )
+
+    def build(tokens: int) -> CompletionContext:
+        return build_context(
+            text, offset, uri=doc.uri, path=path.name, language=language or language_for(path),
+            version=0, context_tokens=tokens, multiline_setting=settings.multiline,
+            manual=True, max_output_tokens=settings.max_tokens,
+            context_window=settings.context_size if settings.provider == "local" else None,
+        )
+
+    if settings.provider == "local" and settings.adaptive_budget and (
+            settings.effective_mode() == "fim"):
+        # A fresh engine has nothing cached: the window that fits about a second
+        # of prompt processing, so the answer comes within a few seconds.
+        ctx = fit_context(build, EngineView(STATE_CACHE_BYTES), settings.context_tokens)
+    else:
+        ctx = build(settings.context_tokens)
     errors: list[UpstreamError] = []
     backend = Backend(settings, progress=_progress_line)
     engine = Engine(

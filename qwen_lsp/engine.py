@@ -42,8 +42,11 @@ NOTHING = Suggestion("")
 log = logging.getLogger("qwen_lsp")
 
 GAP_QUANTILE = 0.9
-# A multi-line flight answers its waiters with the complete lines it has after
-# this long, then keeps streaming to fill the cache with the whole block.
+# A multi-line flight answers its waiters with the complete lines it has this
+# long after its first token, then keeps streaming to fill the cache with the
+# whole block. Counted from the first token, not from the request: the wait
+# for it is prompt processing, which no early answer can shorten, and a block
+# that arrives at once must not be cut to its complete lines.
 EARLY_ANSWER_S = 0.4
 
 
@@ -374,12 +377,12 @@ class Engine:
             flight.answer.set_result(result)
         return result
 
-    def _maybe_answer_early(self, flight: _Flight, sent_at: float) -> None:
+    def _maybe_answer_early(self, flight: _Flight, first_token_at: float) -> None:
         if (
             flight.answer.done()
             or not self.config.early_answers
             or not flight.post.multiline
-            or self._clock() - sent_at < EARLY_ANSWER_S
+            or self._clock() - first_token_at < EARLY_ANSWER_S
         ):
             return
         text = flight.text
@@ -431,7 +434,7 @@ class Engine:
                         if stream_should_stop(flight.text, flight.post):
                             self.stats.early_stops += 1
                             break
-                        self._maybe_answer_early(flight, sent_at)
+                        self._maybe_answer_early(flight, first_token)
                     elif isinstance(event, Usage):
                         usage = event
                 else:

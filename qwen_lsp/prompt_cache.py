@@ -16,10 +16,11 @@ Pure bookkeeping: no I/O, no LSP or HTTP types.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from qwen_lsp.context import CHARS_PER_TOKEN, estimate_tokens
+from qwen_lsp.context import CHARS_PER_TOKEN, CompletionContext, estimate_tokens
+from qwen_lsp.prompts import fim_prompt
 
 # Bytes of engine state per token of Qwen2.5-Coder-0.5B (24 layers, 2 KV heads
 # of 64, f16 K and V), and per logits row (151,936 floats) a saved state copies
@@ -229,3 +230,16 @@ def candidate_budgets(full_tokens: int) -> list[int]:
         b //= 2
     out.append(min(full_tokens, MIN_CONTEXT_TOKENS))
     return out
+
+
+def fit_context(build: Callable[[int], CompletionContext], view: EngineView,
+                full_tokens: int, seconds: float = TARGET_PROMPT_S) -> CompletionContext:
+    """The context from the largest budget whose FIM prompt's uncached part fits
+    ``seconds`` of the engine's prompt processing; the smallest when none does."""
+    limit = view.budget_tokens(seconds)
+    budgets = candidate_budgets(full_tokens)
+    for budget in budgets[:-1]:
+        ctx = build(budget)
+        if view.cost(fim_prompt(ctx)).new_tokens <= limit:
+            return ctx
+    return build(budgets[-1])

@@ -44,9 +44,9 @@ from qwen_lsp.postprocess import Suggestion
 from qwen_lsp.prompt_cache import (
     N_BATCH,
     STATE_CACHE_BYTES,
-    TARGET_PROMPT_S,
     EngineView,
     candidate_budgets,
+    fit_context,
 )
 from qwen_lsp.prompts import fim_prompt
 from qwen_lsp.providers.base import UpstreamError
@@ -376,14 +376,7 @@ class QwenServer(LanguageServer):
         view = self.engine.view if self.engine is not None else None
         if tokens is not None or view is None:
             return build(tokens or s.context_tokens)
-        limit = view.budget_tokens(TARGET_PROMPT_S)
-        ctx = None
-        for budget in candidate_budgets(s.context_tokens):
-            ctx = build(budget)
-            if view.cost(fim_prompt(ctx)).new_tokens <= limit:
-                break
-        assert ctx is not None
-        return ctx
+        return fit_context(build, view, s.context_tokens)
 
     def user_at(self, uri: str, offset: int) -> None:
         """The user is at this place (open, edit, cursor move, request)."""

@@ -230,3 +230,42 @@ async def test_single_line_streams_end_at_the_newline_and_keep_the_connection(tm
     assert not any(p.aborted for p in posts)
     assert posts[0].client_port == posts[1].client_port
     assert stats["estimatedUsage"] == 0 and stats["earlyStops"] == 0
+
+
+async def _stats(client) -> dict:
+    return await client.workspace_execute_command_async(
+        types.ExecuteCommandParams(command="qwen.stats"))
+
+
+async def test_a_block_that_arrives_at_once_is_not_cut_to_its_complete_lines(tmp_path) -> None:
+    """A slow first token (prompt processing) does not trigger the early answer: the
+    whole block arrives in one piece and is shown whole, its unterminated line too."""
+    block = "\n    total = a + b\n    return total"
+    reply = Reply(text=block, chunks=[block], first_token_delay=0.8)
+    with FakeUpstream(reply) as fake:
+        client = await start_client(openai_env(tmp_path, fake.openai_base))
+        try:
+            open_doc(client, URI, DOC)
+            res = await inline(client, URI, 1, 4)
+            stats = await _stats(client)
+        finally:
+            await stop_client(client)
+    assert res is not None and res.items
+    assert res.items[0].insert_text == "total = a + b\n    return total"
+    assert stats["earlyAnswers"] == 0
+
+
+async def test_a_slowly_streaming_block_is_answered_early_with_complete_lines(tmp_path) -> None:
+    pieces = ["\n    total = a + b\n", "    total += 1\n", "    return total", " # done\n"]
+    with FakeUpstream(Reply(chunks=pieces, token_delay=0.6)) as fake:
+        client = await start_client(openai_env(tmp_path, fake.openai_base))
+        try:
+            open_doc(client, URI, DOC)
+            res = await inline(client, URI, 1, 4)
+            stats = await _stats(client)
+        finally:
+            await stop_client(client)
+    assert res is not None and res.items
+    shown = str(res.items[0].insert_text)
+    assert shown.startswith("total = a + b") and "return total" not in shown
+    assert stats["earlyAnswers"] == 1

@@ -15,7 +15,11 @@ class Case:
     name: str
     before: str  # document text when completion is requested
     line: int  # 0-based line; the cursor is at its end
-    reply: str  # what the fake model answers
+    # What the fake model answers. The editor tests send it as one stream chunk:
+    # token by token, a loaded machine can pass the engine's early-answer point
+    # (EARLY_ANSWER_S) after the first line, and the editor then rightly shows
+    # only the lines complete so far; these tests are about the editor's insert.
+    reply: str
     after: str  # exact document text once the editor has applied the item
 
 

@@ -55,7 +55,7 @@ def run_emacs(case: Case, tmp_path: Path, fake: FakeUpstream) -> dict:
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_eglot_completion_at_point_inserts_exact_text(case: Case, tmp_path: Path) -> None:
-    with FakeUpstream(Reply(text=case.reply)) as fake:
+    with FakeUpstream(Reply(text=case.reply, chunks=[case.reply])) as fake:
         result = run_emacs(case, tmp_path, fake)
     assert result["error"] is None, result
     assert result["eglot"], "eglot's version was not found"

@@ -152,7 +152,7 @@ async def test_helix_inserts_exact_text(case: Case, tmp_path: Path) -> None:
     # UTF-8 columns: the server must pick utf-8 (Helix's first choice); with
     # any other encoding this column lies past the line's end.
     cursor = types.Position(line=case.line, character=len(line.encode("utf-8")))
-    with FakeUpstream(Reply(text=case.reply)) as fake:
+    with FakeUpstream(Reply(text=case.reply, chunks=[case.reply])) as fake:
         client = await start_client(
             openai_env(tmp_path, fake.openai_base), capabilities=HELIX_CAPABILITIES,
             client_name="helix", root=tmp_path,

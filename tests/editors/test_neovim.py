@@ -59,7 +59,7 @@ def run_nvim(case: Case, tmp_path: Path, fake: FakeUpstream) -> dict:
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_neovim_omnifunc_inserts_exact_text(case: Case, tmp_path: Path) -> None:
-    with FakeUpstream(Reply(text=case.reply)) as fake:
+    with FakeUpstream(Reply(text=case.reply, chunks=[case.reply])) as fake:
         result = run_nvim(case, tmp_path, fake)
     assert result["error"] is None, result
     # Neovim drops the final empty line of the file when it shows lines.

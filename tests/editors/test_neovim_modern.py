@@ -128,7 +128,7 @@ def test_lsp_completion_menu_inserts_exact_text(
     nvim: Path, case: Case, how: str, tmp_path: Path
 ) -> None:
     run = MENU_RUNS[how](case)
-    with FakeUpstream(Reply(text=case.reply)) as fake:
+    with FakeUpstream(Reply(text=case.reply, chunks=[case.reply])) as fake:
         result = run_nvim(nvim, case, run, tmp_path, fake)
     check(result, case, fake)
     assert result["omnifunc"] == "v:lua.vim.lsp.omnifunc", result
@@ -146,7 +146,7 @@ def test_lsp_completion_menu_inserts_exact_text(
 def test_inline_completion_tab_inserts_exact_text(
     nvim: Path, case: Case, tmp_path: Path
 ) -> None:
-    with FakeUpstream(Reply(text=case.reply)) as fake:
+    with FakeUpstream(Reply(text=case.reply, chunks=[case.reply])) as fake:
         result = run_nvim(nvim, case, Run("inline"), tmp_path, fake)
     check(result, case, fake)
     assert result["inline_enabled"] is True, result

@@ -37,7 +37,7 @@ def reply_by_cursor_line(rec: Recorded) -> Reply:
     prefix = prompt.split("<|fim_suffix|>", 1)[0]
     for case in CASES:
         if prefix.endswith(case.before.split("\n")[case.line]):
-            return Reply(text=case.reply)
+            return Reply(text=case.reply, chunks=[case.reply])
     return Reply(text="")
 
 
