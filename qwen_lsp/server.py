@@ -41,6 +41,7 @@ from qwen_lsp.items import client_profile, completion_list, inline_items
 from qwen_lsp.neighbours import Neighbours
 from qwen_lsp.notify import Notifier
 from qwen_lsp.postprocess import Suggestion
+from qwen_lsp.pricing import price_for
 from qwen_lsp.prompt_cache import (
     N_BATCH,
     STATE_CACHE_BYTES,
@@ -194,10 +195,11 @@ class QwenServer(LanguageServer):
             self.engine = Engine(
                 config,
                 self.backend.provider,
-                on_error=self.notifier.upstream_error,
+                on_error=self._upstream_error,
                 on_success=self.notifier.upstream_ok,
                 on_timeout=lambda ms: self.notifier.timeout(
                     f"a completion was cut off at the {ms} ms time box (qwen.timeoutMs)"),
+                on_paused=self.notifier.paused,
             )
         else:
             self.engine.config = config
@@ -217,6 +219,12 @@ class QwenServer(LanguageServer):
         if self.config_ready.is_set() and s.provider == "local" and s.enabled:
             await _warm_local(self)
 
+    def _upstream_error(self, err: UpstreamError) -> None:
+        self.notifier.upstream_error(err)
+        if self.engine is not None:
+            # "rate-limited, retrying in 4 s" rather than only the error.
+            self.notifier.paused(self.engine.health.message())
+
     def _engine_config(self, s: Settings) -> EngineConfig:
         extra = self.backend.extra_body()
         return EngineConfig(
@@ -229,6 +237,9 @@ class QwenServer(LanguageServer):
             debounce_min_ms=s.debounce_min_ms,
             debounce_max_ms=s.debounce_max_ms,
             extra_body=extra,
+            context_cache=s.context_cache_mode(),
+            price=price_for(s.model, s.prices) if s.provider != "local" else None,
+            max_tokens_per_minute=s.max_tokens_per_minute or None,
         )
 
     async def aclose(self) -> None:
@@ -630,6 +641,11 @@ def create_server() -> QwenServer:
         if ls.engine:
             data["cacheEntries"] = len(ls.engine.cache)
             data["upstream"] = ls.engine.health.describe()
+            data["contextCache"] = {
+                "mode": ls.engine.config.context_cache,
+                **ls.engine.explicit_cache.describe(time.monotonic()),
+            }
+            data["tokensLastMinute"] = ls.engine.budget.used()
         data["provider"] = ls.settings.provider
         data["mode"] = ls.settings.effective_mode()
         data["model"] = ls.settings.model
