@@ -285,11 +285,15 @@ def _env(run: str, base_url: str, tmp: Path) -> dict[str, str]:
 
 
 async def replay_file(run: str, script: Script, fake: FakeUpstream, accuracy: float,
-                      tmp: Path, seed: int) -> FileResult:
+                      tmp: Path, seed: int, *, env: dict[str, str] | None = None,
+                      model: type[TruthModel] = TruthModel) -> FileResult:
+    """Type ``script`` into a fresh server. ``env`` replaces the run's
+    environment (``bench/cost_replay.py`` runs partial mode), ``model`` the
+    fake's answer model."""
     fake.clear()
     fake.reset_cache()
-    fake.reply = TruthModel(script, accuracy, FIRST_TOKEN_S, TOKEN_S, seed)
-    client, triggers = await _start(run, _env(run, fake.openai_base, tmp))
+    fake.reply = model(script, accuracy, FIRST_TOKEN_S, TOKEN_S, seed)
+    client, triggers = await _start(run, env or _env(run, fake.openai_base, tmp))
     uri = "file:///bench/" + script.source.path.name
     proc = psutil.Process(client._server.pid) if client._server else None
     rss: list[int] = []

@@ -17,8 +17,9 @@ honoured (finish_reason ``"stop"`` / ``"length"``).
 
 Token counts come from a deterministic approximate tokenizer (runs of word
 characters, single punctuation marks, runs of whitespace). For chat requests
-the prompt is the concatenation of the message contents (a content given as a
-list of ``{"type": "text", "text": ...}`` blocks counts as its texts).
+the prompt is the sequence of the message contents, tokenized one content
+block at a time (a content given as a list of ``{"type": "text", "text": ...}``
+blocks counts as its texts).
 
 Both context-cache modes of DashScope's Chat Completions and native APIs are
 imitated (one mode per request):
@@ -404,8 +405,11 @@ class FakeUpstream:
         finish = "stop"
         if not reply.endless:
             pieces, finish = _apply_limits(pieces, params.get("stop"), params.get("max_tokens"))
-        prompt_tokens = tokenize(prompt)
         blocks = _blocks_of(api, body)
+        # Chat content is tokenized block by block, so a cached prefix of
+        # blocks is always a prefix of the prompt's tokens.
+        prompt_tokens = (tokenize(prompt) if api == "completions"
+                         else [t for _, text, _ in blocks for t in tokenize(text)])
         explicit = any(marked for _, _, marked in blocks)
         creation = 0
         if explicit:

@@ -639,3 +639,16 @@ def test_usage_details_of_both_cache_modes() -> None:
     assert hit.explicit_cached_tokens == 1486 and hit.cached_tokens == 0
     odd = usage_from_counts("x", None, {"cached_tokens": -5, "cache_type": 3})
     assert odd == Usage(0, 0, 0)
+
+
+@pytest.mark.parametrize(("status", "native_body"), [(503, True), (400, False), (429, True)])
+async def test_throttling_codes_are_rate_limits_whatever_the_status(
+        fake_upstream: FakeUpstream, status: int, native_body: bool) -> None:
+    error = ({"code": "Throttling.RateQuota", "message": "Requests rate limit exceeded"}
+             if native_body else
+             {"error": {"message": "Too many requests", "type": "limit_requests",
+                        "code": "limit_requests"}})
+    fake_upstream.reply = Reply(status=status, error=error, headers={"Retry-After": "7"})
+    err, _ = await error_of(openai(fake_upstream), CHAT)
+    assert err.kind == "rate_limited" and err.retry_after == 7.0 and err.status == status
+    assert f"Rate limited (HTTP {status})" in err.message
