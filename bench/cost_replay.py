@@ -39,7 +39,6 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,12 +46,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    SMALL_MODULES,
     TruthModel,
     load_sources,
     make_script,
     prefix_end,
+    replay_arguments,
+    replay_defaults,
+    run_workers,
     sliding_window,
+    write_section,
 )
 from bench.typing_replay import replay_file
 from qwen_lsp import context as qctx
@@ -278,35 +280,11 @@ calls between the two server runs come from timing (cancellations).
 """
 
 
-def write_benchmarks(section: str) -> None:
-    text = BENCHMARKS.read_text(encoding="utf-8") if BENCHMARKS.exists() else "# Benchmarks\n"
-    block = f"{START}\n{section}{END}"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    BENCHMARKS.write_text(text, encoding="utf-8")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="2 files, 150 keys each")
-    p.add_argument("--keys", type=int, default=None, help="keys per file (default 400)")
-    p.add_argument("--files", nargs="*", default=None,
-                   help="stdlib module file names, or 'large' for the 14k-line file")
-    p.add_argument("--accuracy", type=float, default=0.7)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
-    p.add_argument("--raw", type=Path, default=None, help="save the raw bills as JSON here")
+    replay_arguments(p)
     p.add_argument("--worker", choices=tuple(SERVER_RUNS), default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.files is None:
-        args.files = ["textwrap.py", "large"] if args.quick else [*SMALL_MODULES, "large"]
-    if args.keys is None:
-        args.keys = 150 if args.quick else 400
-    return args
+    return replay_defaults(p.parse_args(argv), "textwrap.py")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -316,25 +294,14 @@ def main(argv: list[str] | None = None) -> None:
         json.dump(data, sys.stdout)
         return
     started = time.monotonic()
-    procs = {}
-    for run in SERVER_RUNS:
-        cmd = [sys.executable, "-m", "bench.cost_replay", "--worker", run,
-               "--keys", str(args.keys), "--seed", str(args.seed),
-               "--accuracy", str(args.accuracy), "--files", *args.files]
-        procs[run] = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE)
-    results = {}
-    for run, proc in procs.items():
-        stdout, _ = proc.communicate()
-        if proc.returncode != 0:
-            raise SystemExit(f"worker {run} failed with exit code {proc.returncode}")
-        results[run] = json.loads(stdout)
+    results: Any = run_workers("bench.cost_replay", tuple(SERVER_RUNS), args, ROOT)
     elapsed = time.monotonic() - started
     section = render(results, args, elapsed)
     print(section)
     if args.raw:
         args.raw.write_text(json.dumps(results), encoding="utf-8")
     if args.write:
-        write_benchmarks(section)
+        write_section(BENCHMARKS, START, END, f"{START}\n{section}{END}")
 
 
 if __name__ == "__main__":
