@@ -11,17 +11,22 @@ implicit hits are the longest token prefix shared with any earlier unmarked
 prompt (at least 256 tokens), i.e. every hit the implicit cache could
 possibly give. Streams the server closes early are billed as well.
 
-Three rows, in the same run:
+One server session per file with ``contextCache = "auto"`` (the block
+layout, and cache markers where the policy of ``qwen_lsp/context_cache.py``
+says they pay off) is billed by the fake. At the cursors of its upstream
+calls (the same calls, also those closed early), the same run computes what
+two other layouts would have billed:
 
-* ``sliding``: a sliding prefix window (moves line by line, no anchoring)
-  and no reuse at all: every input token at the full price. The prompts are
-  those the server would build at the cursors of the ``implicit`` run's
-  upstream calls, with the window sliding.
-* ``implicit``: the server with ``contextCache = "implicit"``: the stable
-  (anchored) layout, credited with every possible implicit hit (20%).
-* ``explicit``: the server with ``contextCache = "auto"``: the block layout,
-  and cache markers where the policy of ``qwen_lsp/context_cache.py`` says
-  they pay off (hits 10%, creation 125%).
+* ``sliding``: the plain prompt with a sliding prefix window (moves line by
+  line, no anchoring) and no reuse at all: every input token at full price;
+* ``implicit``: the plain prompt the server sends with ``contextCache =
+  "implicit"`` (the stable, anchored layout), credited with every possible
+  implicit hit: the fake's rule over the file's sequence of those prompts;
+* ``explicit``: what the fake billed the server's requests.
+
+Comparing the same calls keeps timing (which call a key cancels) out of the
+comparison; where the server itself sent the plain layout (prompts too
+small to cache) its prompts are checked against the reconstructed ones.
 
 Billed input-token equivalents weigh each input token by its class
 (standard 1, implicit hit 0.2, explicit hit 0.1, creation 1.25); the cost
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -61,7 +67,7 @@ from qwen_lsp import context as qctx
 from qwen_lsp.pricing import DEFAULT_PRICES, cost
 from qwen_lsp.prompts import FIM_PREFIX, FIM_SUFFIX, partial_messages
 from qwen_lsp.providers.base import Usage
-from tests.fake_upstream import FakeUpstream, Recorded, count_tokens
+from tests.fake_upstream import FakeUpstream, Recorded, count_tokens, implicit_hit, tokenize
 from tests.harness import server_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +75,7 @@ BENCHMARKS = ROOT / "BENCHMARKS.md"
 START, END = "<!-- cost-replay:start -->", "<!-- cost-replay:end -->"
 MODEL = "qwen3-coder-flash"
 CONTEXT_TOKENS = 1536  # the default contextTokens
-SERVER_RUNS = {"implicit": "implicit", "explicit": "auto"}  # run -> contextCache
+SERVER_RUNS = ("explicit",)
 TARGET_RATIO = 0.8
 
 
@@ -81,8 +87,8 @@ def chat_prefix(body: dict[str, Any]) -> str:
     user, assistant = messages[-2], messages[-1]
     tail = assistant.get("content") if isinstance(assistant.get("content"), str) else ""
     content = user.get("content")
-    if isinstance(content, list):  # block layout: head, chunks..., after, instruction
-        return "".join(b.get("text", "") for b in content[1:-2]) + tail
+    if isinstance(content, list):  # block layout: head, chunks..., instruction
+        return "".join(b.get("text", "") for b in content[1:-1]) + tail
     return tail
 
 
@@ -97,10 +103,10 @@ class PartialTruth(TruthModel):
         return super().__call__(shadow)
 
 
-def _env(run: str, base: str, tmp: Path) -> dict[str, str]:
+def _env(base: str, tmp: Path) -> dict[str, str]:
     return server_env(tmp, QWEN_LSP_PROVIDER="dashscope", QWEN_LSP_BASE_URL=base,
                       DASHSCOPE_API_KEY="sk-bench-cost-replay-0000", QWEN_LSP_MODEL=MODEL,
-                      QWEN_LSP_MODE="partial", QWEN_LSP_CONTEXT_CACHE=SERVER_RUNS[run],
+                      QWEN_LSP_MODE="partial", QWEN_LSP_CONTEXT_CACHE="auto",
                       QWEN_LSP_CONTEXT_TOKENS=str(CONTEXT_TOKENS), QWEN_LSP_LOG_LEVEL="warning")
 
 
@@ -110,20 +116,46 @@ def _bill(rec: Recorded) -> dict[str, int]:
                                              "creation": 0}
 
 
-def _sliding_prompt_tokens(script: Any, rec: Recorded) -> int | None:
-    """Tokens of the request the server would send at this call's cursor with
-    a sliding window."""
+def _plain_tokens(script: Any, rec: Recorded, *, sliding: bool) -> list[str] | None:
+    """Tokens of the plain partial prompt at this call's cursor (anchored as
+    the server builds it, or with a sliding window)."""
     text = script.source.text
     prefix = chat_prefix(rec.json if isinstance(rec.json, dict) else {})
     pos = prefix_end(text, f"{FIM_PREFIX}{prefix}{FIM_SUFFIX}", script.end + 1)
     if pos is None:
         return None
     doc = script.doc_at(pos)
-    with sliding_window():
+    with sliding_window() if sliding else contextlib.nullcontext():
         ctx = qctx.build_context(doc, pos, uri="file:///bench/" + script.source.path.name,
                                  path=script.source.path.name, language="python", version=1,
-                                 context_tokens=CONTEXT_TOKENS)
-    return count_tokens("".join(m["content"] for m in partial_messages(ctx)))
+                                 context_tokens=CONTEXT_TOKENS, max_output_tokens=128)
+    return [t for m in partial_messages(ctx) for t in tokenize(m["content"])]
+
+
+def _counterfactuals(script: Any, calls: list[Recorded], bills: list[dict[str, int]]
+                     ) -> tuple[list[dict[str, int]], list[dict[str, int]], int, int]:
+    """Bills of the sliding and implicit layouts for the same calls, and how
+    many plain prompts the server sent and how many of them matched."""
+    sliding, implicit = [], []
+    history: list[list[str]] = []
+    plain_sent = plain_same = 0
+    for rec, bill in zip(calls, bills, strict=True):
+        anchored = _plain_tokens(script, rec, sliding=False)
+        slid = _plain_tokens(script, rec, sliding=True)
+        if anchored is None or slid is None:
+            raise SystemExit(f"no cursor found for a call in {script.source.name}")
+        out = bill["completion"]
+        sliding.append({"prompt": len(slid), "completion": out, "implicit": 0, "explicit": 0,
+                        "creation": 0})
+        implicit.append({"prompt": len(anchored), "completion": out,
+                         "implicit": implicit_hit(history, anchored), "explicit": 0,
+                         "creation": 0})
+        messages = rec.json.get("messages", []) if isinstance(rec.json, dict) else []
+        if all(isinstance(m.get("content"), str) for m in messages):
+            plain_sent += 1
+            sent = [t for m in messages for t in tokenize(m["content"])]
+            plain_same += sent == anchored
+    return sliding, implicit, plain_sent, plain_same
 
 
 async def worker(run: str, names: list[str], max_keys: int, seed: int,
@@ -132,21 +164,15 @@ async def worker(run: str, names: list[str], max_keys: int, seed: int,
     with tempfile.TemporaryDirectory() as tmp, FakeUpstream() as fake:
         for source in load_sources(names):
             script = make_script(source, max_keys, seed)
-            env = _env(run, fake.openai_base, Path(tmp))
-            res = await replay_file("vscode", script, fake, accuracy, Path(tmp), seed, env=env,
-                                    model=PartialTruth)
+            res = await replay_file("vscode", script, fake, accuracy, Path(tmp), seed,
+                                    env=_env(fake.openai_base, Path(tmp)), model=PartialTruth)
             calls = [r for r in fake.requests if r.method == "POST" and isinstance(r.json, dict)]
             bills = [_bill(r) for r in calls]
-            sliding = []
-            if run == "implicit":
-                for rec, bill in zip(calls, bills, strict=True):
-                    tokens = _sliding_prompt_tokens(script, rec)
-                    sliding.append({"prompt": tokens if tokens is not None else bill["prompt"],
-                                    "completion": bill["completion"], "implicit": 0,
-                                    "explicit": 0, "creation": 0})
-            marked = sum(1 for r in calls if b"cache_control" in r.body)
+            sliding, implicit, plain_sent, plain_same = _counterfactuals(script, calls, bills)
             out.append({"file": source.name, "lines": source.lines, "keys": len(script.keys),
-                        "bills": bills, "sliding": sliding, "marked": marked,
+                        "bills": bills, "sliding": sliding, "implicit": implicit,
+                        "marked": sum(1 for r in calls if b"cache_control" in r.body),
+                        "plain_sent": plain_sent, "plain_same": plain_same,
                         "aborted": sum(1 for r in calls if r.aborted),
                         "useful": sum(1 for r in res.requests if r["useful"]),
                         "stats": res.stats.get("usage", {}).get("session", {})})
@@ -181,10 +207,11 @@ def totals(bills: list[dict[str, int]]) -> dict[str, float]:
 
 def rows(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Per run: totals over all files and per file."""
+    files = results["explicit"]
     runs: dict[str, list[tuple[dict[str, Any], list[dict[str, int]]]]] = {
-        "sliding": [(f, f["sliding"]) for f in results["implicit"]],
-        "implicit": [(f, f["bills"]) for f in results["implicit"]],
-        "explicit": [(f, f["bills"]) for f in results["explicit"]],
+        "sliding": [(f, f["sliding"]) for f in files],
+        "implicit": [(f, f["implicit"]) for f in files],
+        "explicit": [(f, f["bills"]) for f in files],
     }
     out: dict[str, dict[str, Any]] = {}
     for run, files in runs.items():
@@ -204,7 +231,7 @@ def _per100(value: float, keys: int) -> str:
 def render(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
            elapsed: float) -> str:
     data = rows(results)
-    first = results["implicit"]
+    first = results["explicit"]
     names = ", ".join(f"{f['file']} ({f['lines']} lines, {f['keys']} keys)" for f in first)
     cmd = "python -m bench.cost_replay" + (" --quick" if args.quick else "") + " --write"
     price = DEFAULT_PRICES[MODEL].tiers[0]
@@ -258,8 +285,10 @@ def render(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
          f"equivalents of the implicit-only run credited with every possible hit (target <= "
          f"{TARGET_RATIO}x: {'**met**' if overall <= TARGET_RATIO else '**not met**'}); on its "
          f"worst file {worst:.2f}x (target: never more than the implicit run, "
-         f"{'**met**' if worst <= 1.0 else '**not met**'}). Useful suggestions seen: implicit "
-         f"{data['implicit']['useful']}, explicit {data['explicit']['useful']}."),
+         f"{'**met**' if worst <= 1.0 else '**not met**'}). Plain prompts the server sent "
+         f"(too small to cache) equal to the reconstructed implicit layout: "
+         f"{sum(f['plain_same'] for f in first)} of {sum(f['plain_sent'] for f in first)}. "
+         f"Useful suggestions seen: {data['explicit']['useful']}."),
         "",
         METHOD.strip().replace("\n", " "),
         "",
@@ -267,16 +296,16 @@ def render(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
     return "\n".join(out) + "\n"
 
 
-METHOD = """How to read it: a file too small for a 1,024-token cached prefix (the
-window above the cursor is short) keeps the plain layout and the implicit cache in
-both runs, so it bills about the same; where the prefix is big, the explicit run
-marks the system text, the head and the code before the cursor in 8-line chunks (one
-more chunk is created, at 125%, each time the user has typed 8 more lines; the rest
-is a hit at 10%), plus the code after the cursor and the instruction. The implicit
-run's prompts differ from the previous one only at their end while the user types,
-so it is credited with most of each prompt at 20%: the explicit cache wins by its
-lower hit price, not by hitting more. Small differences in the number of upstream
-calls between the two server runs come from timing (cancellations).
+METHOD = """How to read it: a file whose window above the cursor is too short for a
+1,024-token cached prefix gets the plain layout and the implicit cache, so it bills as
+the implicit row; where the prefix is big, the server marks the system text, the head
+(file name, the code after the cursor) and the code before the cursor in 4-line chunks,
+and the instruction: each call hits what the one before it cached and creates (at 125%)
+only the chunks typed since; the tail up to the cursor is billed in full. The implicit
+row's prompts differ from the one before only at their end while the user types, so it
+is credited with most of each prompt at 20%: the explicit cache wins by its lower hit
+price, and loses when a region of a file gets few calls (each new region, e.g. when the
+window's anchored start moves on, is created at 125%).
 """
 
 
@@ -294,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
         json.dump(data, sys.stdout)
         return
     started = time.monotonic()
-    results: Any = run_workers("bench.cost_replay", tuple(SERVER_RUNS), args, ROOT)
+    results: Any = run_workers("bench.cost_replay", SERVER_RUNS, args, ROOT)
     elapsed = time.monotonic() - started
     section = render(results, args, elapsed)
     print(section)

@@ -126,6 +126,7 @@ class ExplicitCache:
         self._entries: dict[str, _Entry] = {}
         self._regions: dict[str, _Region] = {}
         self._implicit: dict[str, list[str]] = {}  # uri -> keys of the last unmarked prompt
+        self._plain_at: dict[str, int] = {}  # uri -> window start of its plain prompts
         self._per_region = PRIOR_REQUESTS_PER_REGION
         self.marked = 0
         self.unmarked = 0
@@ -167,10 +168,25 @@ class ExplicitCache:
     # -- per request -----------------------------------------------------------
     @staticmethod
     def eligible(blocks: PartialBlocks) -> bool:
-        """Is the stable prefix big enough to be cached at all? Smaller prompts
-        keep the plain layout (nothing to gain from blocks)."""
+        """Is the stable prefix big enough to be cached at all?"""
         tokens = sum(estimate_tokens(t) for t in blocks.texts[: blocks.stable_end + 1])
         return tokens >= MIN_TOKENS * MIN_TOKENS_MARGIN
+
+    def use_blocks(self, uri: str, window_start: int, blocks: PartialBlocks) -> bool:
+        """The block layout, or the plain one (False)?
+
+        Prompts too small to cache keep the plain layout. A document that
+        sent plain prompts keeps doing so until its window's start moves: the
+        implicit cache holds those prompts (hits at 20%), and switching to
+        blocks would create a cache of all of it at 125%, which takes about
+        ten hits to earn back.
+        """
+        plain_at = self._plain_at.get(uri)
+        if not self.eligible(blocks) or plain_at == window_start:
+            self._plain_at[uri] = window_start
+            return False
+        self._plain_at.pop(uri, None)
+        return True
 
     def plan(self, uri: str, blocks: PartialBlocks, now: float) -> CachePlan:
         """Which blocks this request marks (none: it stays on the implicit cache)."""
@@ -203,9 +219,9 @@ class ExplicitCache:
             return NO_MARKS
         self.marked += 1
         self._implicit.pop(uri, None)  # a marked request does not feed the implicit cache
-        # The stable prefix, and the code after the cursor and the
-        # instruction, which stay the same while the user types at one place.
-        marks = tuple(sorted({stable, blocks.after, blocks.instruction}))[:MAX_MARKERS]
+        # The stable prefix, and the instruction after it (which stays the
+        # same while the user types at one place).
+        marks = tuple(sorted({stable, blocks.instruction}))[:MAX_MARKERS]
         hit = max(self._hit(keys, totals, m, now) for m in marks)
         return CachePlan(marks, tuple(keys[m] for m in marks), tuple(totals[m] for m in marks),
                          hit)
@@ -232,6 +248,7 @@ class ExplicitCache:
     def forget(self, uri: str) -> None:
         self._regions.pop(uri, None)
         self._implicit.pop(uri, None)
+        self._plain_at.pop(uri, None)
 
     def describe(self, now: float) -> dict[str, object]:
         return {

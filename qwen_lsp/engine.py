@@ -418,7 +418,8 @@ class Engine:
         cfg = self.config
         blocks = (partial_blocks(flight.ctx)
                   if cfg.mode == "partial" and cfg.context_cache != "implicit" else None)
-        if blocks is not None and not ExplicitCache.eligible(blocks):
+        if blocks is not None and not self.explicit_cache.use_blocks(
+                flight.ctx.uri, flight.ctx.prefix_start_line, blocks):
             blocks = None
         request = self._request(flight.ctx, blocks, NO_MARKS)
         self.budget.per_minute = cfg.max_tokens_per_minute or None

@@ -79,7 +79,7 @@ def partial_messages(ctx: CompletionContext) -> list[dict[str, Any]]:
 
 
 # Lines of the code before the cursor per content block of the block layout.
-CACHE_CHUNK_LINES = 8
+CACHE_CHUNK_LINES = 4
 EPHEMERAL = {"type": "ephemeral"}
 
 
@@ -87,13 +87,13 @@ EPHEMERAL = {"type": "ephemeral"}
 class PartialBlocks:
     """The partial-mode prompt as content blocks, the slowly changing ones first.
 
-    ``texts`` holds the system text, the head (file, related files), the code
+    ``texts`` holds the system text; the head (file, related files, the code
+    after the cursor, which stays the same while the user types); the code
     before the cursor in whole ``CACHE_CHUNK_LINES``-line chunks counted from
-    the window's anchored first line, the block with the code after the
-    cursor, and the instruction; ``tail`` (the rest of the code up to the
-    cursor) is the partial assistant message. Blocks up to ``stable_end``
-    stay the same while the user types below them; the explicit context
-    cache marks them (see :mod:`qwen_lsp.context_cache`).
+    the window's anchored first line; and the instruction. ``tail``, the rest
+    of the code up to the cursor, is the partial assistant message. Blocks up
+    to ``stable_end`` stay the same while the user types below them; the
+    explicit context cache marks them (see :mod:`qwen_lsp.context_cache`).
     """
 
     texts: tuple[str, ...]
@@ -101,21 +101,16 @@ class PartialBlocks:
     stable_end: int  # index of the last chunk (or of the head without chunks)
 
     @property
-    def after(self) -> int:
-        return len(self.texts) - 2
-
-    @property
     def instruction(self) -> int:
         return len(self.texts) - 1
 
 
 def _chunks(prefix: str) -> tuple[list[str], str]:
-    """Whole chunks of the prefix, keeping at least one complete line and the
-    cursor's line in the tail (so the assistant message is never empty)."""
+    """Whole chunks of the prefix; the tail keeps the cursor's line, and one
+    whole line more when the cursor is at a line start (never empty)."""
     lines = prefix.split("\n")
-    # lines[-1] is the cursor's line; lines[-2] the last complete one.
-    whole = max(0, len(lines) - 2)
-    count = whole // CACHE_CHUNK_LINES
+    whole = len(lines) - 1 - (1 if not lines[-1] else 0)
+    count = max(0, whole) // CACHE_CHUNK_LINES
     chunks = [
         "".join(f"{line}\n" for line in lines[i * CACHE_CHUNK_LINES:(i + 1) * CACHE_CHUNK_LINES])
         for i in range(count)
@@ -130,17 +125,17 @@ def partial_blocks(ctx: CompletionContext) -> PartialBlocks:
     for snip in ctx.snippets:
         fence = _fence(snip.text)
         head.append(f"Related file {snip.path}:\n{fence}\n{snip.text.rstrip()}\n{fence}")
-    start = f"The file's code before the cursor starts at its line {ctx.prefix_start_line + 1}"
+    head.append(_after_cursor(ctx))
+    start = f"The code before the cursor starts at line {ctx.prefix_start_line + 1}"
     code_fence = _fence("".join(chunks))
     if chunks:
-        head.append(f"{start}; it is below and the assistant message continues it up to "
-                    f"the cursor:\n{code_fence}\n")
+        head.append(f"{start}; the assistant message continues it up to the cursor:\n"
+                    f"{code_fence}\n")
+        end = f"{code_fence}\n\n{_instruction(ctx)}"
     else:
         head.append(f"{start}; the assistant message holds it up to the cursor.")
-    after = [f"{code_fence}\n(The assistant message continues this code.)"] if chunks else []
-    after.append(_after_cursor(ctx))
-    texts = (PARTIAL_SYSTEM, "\n\n".join(head), *chunks,
-             "\n\n" + "\n\n".join(after), "\n\n" + _instruction(ctx))
+        end = f"\n\n{_instruction(ctx)}"
+    texts = (PARTIAL_SYSTEM, "\n\n".join(head), *chunks, end)
     return PartialBlocks(texts=texts, tail=tail, stable_end=1 + len(chunks))
 
 

@@ -97,6 +97,16 @@ def common_prefix_len(a: list[str], b: list[str]) -> int:
     return n
 
 
+def implicit_hit(earlier: list[list[str]], tokens: list[str]) -> int:
+    """The implicit cache: the longest token prefix ``tokens`` shares with an
+    earlier prompt, when at least CACHE_MIN_TOKENS long; ``tokens`` joins
+    ``earlier``."""
+    best = max((common_prefix_len(tokens, p) for p in earlier), default=0)
+    earlier.append(tokens)
+    del earlier[:-_PROMPT_HISTORY]
+    return best if best >= CACHE_MIN_TOKENS else 0
+
+
 def _compact(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -481,11 +491,7 @@ class FakeUpstream:
     def _cached_tokens(self, model: str, tokens: list[str]) -> int:
         """Simulated implicit cache hit, then remember this prompt."""
         with self._cond:
-            earlier = self._history.setdefault(model, [])
-            best = max((common_prefix_len(tokens, p) for p in earlier), default=0)
-            earlier.append(tokens)
-            del earlier[:-_PROMPT_HISTORY]
-        return best if best >= CACHE_MIN_TOKENS else 0
+            return implicit_hit(self._history.setdefault(model, []), tokens)
 
     # -- writing --------------------------------------------------------------
 

@@ -64,18 +64,18 @@ def _check_layout(messages: list[dict[str, Any]], prefix_end: str) -> list[int]:
                for b in blocks)
     marked = [i for i, b in enumerate(blocks) if "cache_control" in b]
     assert all(blocks[i]["cache_control"] == EPHEMERAL for i in marked)
-    assert len(marked) == 3  # the vendor allows 4
-    head, *code, after, instruction = blocks
-    # The last chunk of the code before the cursor, the code after it and
-    # the instruction carry the markers.
-    assert marked == [len(blocks) - 3, len(blocks) - 2, len(blocks) - 1]
+    # The last chunk of the code before the cursor and the instruction after
+    # it carry the markers (the vendor allows 4).
+    assert marked == [len(blocks) - 2, len(blocks) - 1]
+    head, *code, end = blocks
     assert head["text"].startswith("File: big.py (language: python)")
-    assert all(c["text"].count("\n") == 8 for c in code)
-    assert after["text"].startswith("\n\n```\n(The assistant message continues this code.)")
-    assert instruction["text"] == "\n\nComplete only the rest of the current line."
+    assert "The cursor is at the end of the file." in head["text"]  # the code after it
+    assert head["text"].endswith("the assistant message continues it up to the cursor:\n```\n")
+    assert len(code) > 20 and all(c["text"].count("\n") == 4 for c in code)
+    assert end["text"] == "```\n\nComplete only the rest of the current line."
     prefix = "".join(c["text"] for c in code) + assistant["content"]
     assert DOC.startswith(prefix.removesuffix(prefix_end)) and prefix.endswith(prefix_end)
-    assert assistant["content"].count("\n") >= 1  # a whole line stays in the message
+    assert assistant["content"].count("\n") < 4  # the lines since the last whole chunk
     return marked
 
 

@@ -6,7 +6,6 @@ import pytest
 
 from qwen_lsp.context import build_context
 from qwen_lsp.context_cache import (
-    LOOKBACK_BLOCKS,
     PRIOR_REQUESTS_PER_REGION,
     TTL_S,
     ExplicitCache,
@@ -65,8 +64,11 @@ def test_blocks_hold_the_prefix_in_chunks_and_the_tail() -> None:
     chunks = blocks.texts[2: blocks.stable_end + 1]
     assert all(c.count("\n") == CACHE_CHUNK_LINES for c in chunks)
     assert "".join(chunks) + blocks.tail == ctx.prefix
-    assert blocks.tail.endswith("x = ") and blocks.tail.count("\n") >= 1
+    assert blocks.tail.endswith("x = ") and blocks.tail.count("\n") < CACHE_CHUNK_LINES
     assert blocks.texts[blocks.instruction].endswith("Complete only the rest of the current line.")
+    # At a line start the tail keeps one whole line: the assistant message is never empty.
+    at_start = _blocks(_doc(60))
+    assert 1 <= at_start.tail.count("\n") <= CACHE_CHUNK_LINES and at_start.tail.strip()
 
 
 def test_first_big_request_marks_with_the_prior() -> None:
@@ -74,7 +76,7 @@ def test_first_big_request_marks_with_the_prior() -> None:
     blocks = _blocks(_doc(120, "x = "))
     plan = cache.plan("file:///w/a.py", blocks, 0.0)
     assert PRIOR_REQUESTS_PER_REGION - 1 >= 2.5  # the prior alone makes a new prefix pay
-    assert plan.marks == (blocks.stable_end, blocks.after, blocks.instruction)
+    assert plan.marks == (blocks.stable_end, blocks.instruction)
     assert plan.hit_tokens == 0
 
 
@@ -106,8 +108,9 @@ def test_a_new_chunk_hits_the_previous_prefix() -> None:
     plan = cache.plan(uri, old, 0.0)
     cache.finished(plan, Usage(3000, 10, explicit_cached_tokens=0, cache_creation_tokens=2900),
                    1.0)
-    grown = _blocks(_doc(128, "x = 1\n"))  # eight more lines: one more chunk
-    assert grown.stable_end == old.stable_end + 1 < LOOKBACK_BLOCKS
+    grown = _blocks(_doc(120 + CACHE_CHUNK_LINES, "x = 1\n"))  # one more chunk
+    # The previous cache is one block back, well within the look-back.
+    assert grown.stable_end == old.stable_end + 1
     plan2 = cache.plan(uri, grown, 2.0)
     assert plan2.marks and plan2.hit_tokens == plan.tokens[0]
 
@@ -134,3 +137,15 @@ def test_implicit_cached_prefix_needs_many_expected_hits() -> None:
             marked_at = n
             break
     assert marked_at is not None and marked_at >= 10
+
+
+def test_a_document_on_the_plain_layout_stays_there_until_its_window_moves() -> None:
+    cache = ExplicitCache()
+    uri = "file:///w/a.py"
+    small, big = _blocks(_doc(10, "x = ")), _blocks(_doc(120, "x = "))
+    assert cache.use_blocks(uri, 0, big)  # big enough from the start: blocks
+    assert not cache.use_blocks(uri, 0, small)  # too small to cache: plain
+    # It grew big enough, but the implicit cache holds its plain prompts.
+    assert not cache.use_blocks(uri, 0, big)
+    assert cache.use_blocks(uri, 16, big)  # the window moved on: a new start
+    assert cache.use_blocks("file:///w/b.py", 0, big)  # per document
