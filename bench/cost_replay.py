@@ -72,6 +72,7 @@ from tests.harness import server_env
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "BENCHMARKS.md"
+README = ROOT / "README.md"
 START, END = "<!-- cost-replay:start -->", "<!-- cost-replay:end -->"
 MODEL = "qwen3-coder-flash"
 CONTEXT_TOKENS = 1536  # the default contextTokens
@@ -296,6 +297,18 @@ def render(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
     return "\n".join(out) + "\n"
 
 
+def readme_summary(section: str) -> str:
+    """The totals table and the verdict of ``section``, for the README."""
+    lines = section.splitlines()
+    table = [ln for ln in lines[: lines.index("Per file (billed input-token equivalents; "
+                                              "calls with cache markers):")]
+             if ln.startswith("|")]
+    verdict = next(ln for ln in lines if ln.startswith("Against issue 13"))
+    lead = ("Measured by `python -m bench.cost_replay` (the typing replay in partial mode "
+            "against the fake's cache billing; details and per-file rows in BENCHMARKS.md):")
+    return "\n".join([lead, "", *table, "", verdict, ""]) + "\n"
+
+
 METHOD = """How to read it: a file whose window above the cursor is too short for a
 1,024-token cached prefix gets the plain layout and the implicit cache, so it bills as
 the implicit row; where the prefix is big, the server marks the system text, the head
@@ -331,6 +344,7 @@ def main(argv: list[str] | None = None) -> None:
         args.raw.write_text(json.dumps(results), encoding="utf-8")
     if args.write:
         write_section(BENCHMARKS, START, END, f"{START}\n{section}{END}")
+        write_section(README, START, END, f"{START}\n{readme_summary(section)}{END}")
 
 
 if __name__ == "__main__":

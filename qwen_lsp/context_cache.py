@@ -18,11 +18,12 @@ usually gets.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import deque
 from dataclasses import dataclass, field
 
-from qwen_lsp.context import estimate_tokens
+from qwen_lsp.context import CompletionContext, estimate_tokens
 from qwen_lsp.prompts import PartialBlocks
 from qwen_lsp.providers.base import Usage
 
@@ -41,6 +42,10 @@ PRIOR_REQUESTS_PER_REGION = 4.0
 EWMA_WEIGHT = 0.3
 MAX_EXPECTED_HITS = 20.0
 _MAX_ENTRIES = 512
+# While its prefix is cached, a window keeps its start until the code before
+# the cursor is this much longer than the budget gives it (cached input costs
+# 10%, and a moved start would create the whole cache anew).
+STRETCH = 1.5
 
 
 def explicit_pays_off(
@@ -69,6 +74,32 @@ def explicit_pays_off(
     implicit_now = IMPLICIT_HIT_RATE * implicit + (stable_tokens - implicit)
     gain = max(0.0, expected_hits) * (IMPLICIT_HIT_RATE - EXPLICIT_HIT_RATE) * stable_tokens
     return explicit_now - implicit_now <= gain
+
+
+def keep_window_start(
+    ctx: CompletionContext, text: str, start_line: int | None
+) -> CompletionContext:
+    """``ctx`` with its prefix window starting at ``start_line`` (the start of
+    the window this document's explicit cache holds) instead of a later line,
+    while the prefix stays within ``STRETCH`` times its length. Lines are
+    counted by "\\n" as the context builder counts them."""
+    here = ctx.prefix_start_line
+    if start_line is None or not 0 <= start_line < here:
+        return ctx
+    old = ctx.offset - len(ctx.prefix)
+    if old <= 0 or text[old - 1] != "\n" or text[old:ctx.offset] != ctx.prefix:
+        return ctx  # not a window of whole lines of this text
+    limit = ctx.offset - int(STRETCH * max(1, len(ctx.prefix)))
+    begin = old
+    for _ in range(here - start_line):
+        if begin <= 0 or begin < limit:
+            return ctx  # fewer lines above, or too long a prefix
+        begin = text.rfind("\n", 0, begin - 1) + 1
+    if begin < limit:
+        return ctx
+    extra = text[begin:old]
+    return dataclasses.replace(ctx, prefix=extra + ctx.prefix, fim_prefix=extra + ctx.fim_prefix,
+                               prefix_start_line=start_line)
 
 
 def _prefix_keys(blocks: PartialBlocks) -> tuple[list[str], list[int]]:
@@ -127,6 +158,7 @@ class ExplicitCache:
         self._regions: dict[str, _Region] = {}
         self._implicit: dict[str, list[str]] = {}  # uri -> keys of the last unmarked prompt
         self._plain_at: dict[str, int] = {}  # uri -> window start of its plain prompts
+        self._window: dict[str, int] = {}  # uri -> window start of its marked prompts
         self._per_region = PRIOR_REQUESTS_PER_REGION
         self.marked = 0
         self.unmarked = 0
@@ -186,9 +218,15 @@ class ExplicitCache:
             self._plain_at[uri] = window_start
             return False
         self._plain_at.pop(uri, None)
+        self._window.pop(uri, None)
         return True
 
-    def plan(self, uri: str, blocks: PartialBlocks, now: float) -> CachePlan:
+    def window_start(self, uri: str) -> int | None:
+        """The window start of this document's cached prefix, if any."""
+        return self._window.get(uri)
+
+    def plan(self, uri: str, blocks: PartialBlocks, now: float, window_start: int = 0
+             ) -> CachePlan:
         """Which blocks this request marks (none: it stays on the implicit cache)."""
         self._prune(now)
         keys, totals = _prefix_keys(blocks)
@@ -216,8 +254,10 @@ class ExplicitCache:
         if not mark:
             self.unmarked += 1
             self._implicit[uri] = keys
+            self._window.pop(uri, None)
             return NO_MARKS
         self.marked += 1
+        self._window[uri] = window_start
         self._implicit.pop(uri, None)  # a marked request does not feed the implicit cache
         # The stable prefix, and the instruction after it (which stays the
         # same while the user types at one place).
@@ -249,6 +289,7 @@ class ExplicitCache:
         self._regions.pop(uri, None)
         self._implicit.pop(uri, None)
         self._plain_at.pop(uri, None)
+        self._window.pop(uri, None)
 
     def describe(self, now: float) -> dict[str, object]:
         return {

@@ -433,7 +433,8 @@ class Engine:
         plan = NO_MARKS
         if blocks is not None:
             self.explicit_cache.force = cfg.context_cache == "explicit"
-            plan = self.explicit_cache.plan(flight.ctx.uri, blocks, self._clock())
+            plan = self.explicit_cache.plan(flight.ctx.uri, blocks, self._clock(),
+                                            flight.ctx.prefix_start_line)
             request = self._request(flight.ctx, blocks, plan)
         flight.sent = True
         self.stats.upstream_requests += 1

@@ -27,6 +27,7 @@ from pygls.protocol.json_rpc import RPCRequest
 from qwen_lsp import __version__
 from qwen_lsp.backend import Backend
 from qwen_lsp.context import CHARS_PER_TOKEN, CompletionContext, Snippet, build_context, skip_reason
+from qwen_lsp.context_cache import keep_window_start
 from qwen_lsp.documents import (
     UTF8,
     UTF16,
@@ -332,6 +333,9 @@ class QwenServer(LanguageServer):
         self.user_at(uri, offset)
         snippets = self._snippets(doc, offset)
         ctx = self._context(doc, doc.text, offset, snippets, manual=manual)
+        cfg = self.engine.config
+        if cfg.mode == "partial" and cfg.context_cache != "implicit":
+            ctx = keep_window_start(ctx, doc.text, self.engine.explicit_cache.window_start(uri))
         if skip_reason(ctx, untitled=not uri.startswith("file:")) is not None:
             self.engine.stats.skipped += 1
             timing.add(t)

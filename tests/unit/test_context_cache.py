@@ -149,3 +149,25 @@ def test_a_document_on_the_plain_layout_stays_there_until_its_window_moves() -> 
     assert not cache.use_blocks(uri, 0, big)
     assert cache.use_blocks(uri, 16, big)  # the window moved on: a new start
     assert cache.use_blocks("file:///w/b.py", 0, big)  # per document
+
+
+def test_a_cached_window_keeps_its_start_within_the_stretch() -> None:
+    from qwen_lsp.context_cache import STRETCH, keep_window_start
+
+    text = _doc(400, "x = ")
+    starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]
+    ctx = build_context(text, len(text), uri="file:///w/a.py", path="a.py", language="python",
+                        version=1, context_tokens=1536)
+    assert ctx.prefix_start_line > 16
+    kept = keep_window_start(ctx, text, ctx.prefix_start_line - 16)
+    assert kept.prefix_start_line == ctx.prefix_start_line - 16
+    assert kept.prefix == text[starts[kept.prefix_start_line]:] and kept.prefix.endswith(ctx.prefix)
+    assert kept.fim_prefix.endswith(ctx.fim_prefix) and kept.suffix == ctx.suffix
+    # Too far back (beyond the stretch), no cached start, or a later one: unchanged.
+    far = next(line for line in range(ctx.prefix_start_line, -1, -1)
+               if len(text) - starts[line] > STRETCH * len(ctx.prefix))
+    assert keep_window_start(ctx, text, far) is ctx
+    assert keep_window_start(ctx, text, far + 1).prefix_start_line == far + 1
+    assert keep_window_start(ctx, text, None) is ctx
+    assert keep_window_start(ctx, text, ctx.prefix_start_line + 4) is ctx
+    assert keep_window_start(ctx, text.replace("\n", "\r"), 0) is ctx  # other line breaks
