@@ -17,9 +17,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from qwen_lsp.providers.base import Usage
+if TYPE_CHECKING:  # settings imports this module; the providers package imports settings
+    from qwen_lsp.providers.base import Usage
 
 IMPLICIT_RATE = 0.20
 EXPLICIT_RATE = 0.10
