@@ -6,9 +6,13 @@ Nothing here talks LSP; ``bench/typing_replay.py`` drives the server.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import random
 import re
+import subprocess
+import sys
 import sysconfig
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -293,6 +297,47 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     data = sorted(values)
     idx = min(len(data) - 1, max(0, round(q * (len(data) - 1))))
     return data[idx]
+
+
+# -- command lines and BENCHMARKS.md -------------------------------------------------
+
+
+def replay_arguments(p: argparse.ArgumentParser) -> None:
+    """The options the typing and cost replays share."""
+    p.add_argument("--quick", action="store_true", help="2 files, 150 keys each (~1 min)")
+    p.add_argument("--keys", type=int, default=None, help="keys per file (default 400)")
+    p.add_argument("--files", nargs="*", default=None,
+                   help="stdlib module file names, or 'large' for the 14k-line file")
+    p.add_argument("--accuracy", type=float, default=0.7)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    p.add_argument("--raw", type=Path, default=None, help="save raw per-request JSON here")
+
+
+def replay_defaults(args: argparse.Namespace, quick_file: str) -> argparse.Namespace:
+    if args.files is None:
+        args.files = [quick_file, "large"] if args.quick else [*SMALL_MODULES, "large"]
+    if args.keys is None:
+        args.keys = 150 if args.quick else 400
+    return args
+
+
+def run_workers(module: str, runs: Sequence[str], args: argparse.Namespace,
+                cwd: Path) -> dict[str, object]:
+    """One ``python -m module --worker RUN`` process per run, all at once; their JSON."""
+    procs = {}
+    for run in runs:
+        cmd = [sys.executable, "-m", module, "--worker", run,
+               "--keys", str(args.keys), "--seed", str(args.seed),
+               "--accuracy", str(args.accuracy), "--files", *args.files]
+        procs[run] = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE)
+    results = {}
+    for run, proc in procs.items():
+        stdout, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"worker {run} failed with exit code {proc.returncode}")
+        results[run] = json.loads(stdout)
+    return results
 
 
 def write_section(path: Path, start: str, end: str, section: str) -> None:

@@ -74,6 +74,7 @@ from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import write_section
 from qwen_lsp.context import CompletionContext, build_context
 from qwen_lsp.documents import Document
 from qwen_lsp.engine import post_context
@@ -889,16 +890,8 @@ auto-paired closer right of the cursor, as editors insert it.
 
 
 def write_md(section: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    block = f"{MARK_START}\n{PREAMBLE}\n{section}\n{MARK_END}"
-    if MARK_START in text and MARK_END in text:
-        head, rest = text.split(MARK_START, 1)
-        _, tail = rest.split(MARK_END, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
+    write_section(ROOT / "BENCHMARKS.md", MARK_START, MARK_END,
+                  f"{MARK_START}\n{PREAMBLE}\n{section}\n{MARK_END}")
 
 
 def load_results(path: Path) -> tuple[list[Task], dict[str, Outcome], dict[str, Outcome],

@@ -35,7 +35,6 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +48,6 @@ from pytest_lsp import LanguageClient, client_capabilities
 from pytest_lsp.client import make_test_lsp_client
 
 from bench.common import (
-    SMALL_MODULES,
     Key,
     Script,
     TruthModel,
@@ -60,9 +58,13 @@ from bench.common import (
     percentile,
     prefix_end,
     prefix_reuse,
+    replay_arguments,
+    replay_defaults,
+    run_workers,
     sliding_prompt,
     suffix_tokens,
     word_before,
+    write_section,
 )
 from tests.fake_upstream import FakeUpstream
 from tests.harness import server_env
@@ -285,11 +287,15 @@ def _env(run: str, base_url: str, tmp: Path) -> dict[str, str]:
 
 
 async def replay_file(run: str, script: Script, fake: FakeUpstream, accuracy: float,
-                      tmp: Path, seed: int) -> FileResult:
+                      tmp: Path, seed: int, *, env: dict[str, str] | None = None,
+                      model: type[TruthModel] = TruthModel) -> FileResult:
+    """Type ``script`` into a fresh server. ``env`` replaces the run's
+    environment (``bench/cost_replay.py`` runs partial mode), ``model`` the
+    fake's answer model."""
     fake.clear()
     fake.reset_cache()
-    fake.reply = TruthModel(script, accuracy, FIRST_TOKEN_S, TOKEN_S, seed)
-    client, triggers = await _start(run, _env(run, fake.openai_base, tmp))
+    fake.reply = model(script, accuracy, FIRST_TOKEN_S, TOKEN_S, seed)
+    client, triggers = await _start(run, env or _env(run, fake.openai_base, tmp))
     uri = "file:///bench/" + script.source.path.name
     proc = psutil.Process(client._server.pid) if client._server else None
     rss: list[int] = []
@@ -643,15 +649,7 @@ it (that is what stops the generation), a finished one leaves it open for the ne
 
 
 def write_benchmarks(section: str) -> None:
-    text = BENCHMARKS.read_text(encoding="utf-8") if BENCHMARKS.exists() else "# Benchmarks\n"
-    block = f"{START}\n{section}{END}"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    BENCHMARKS.write_text(text, encoding="utf-8")
+    write_section(BENCHMARKS, START, END, f"{START}\n{section}{END}")
 
 
 # -- command line --------------------------------------------------------------------
@@ -659,24 +657,12 @@ def write_benchmarks(section: str) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="2 files, 150 keys each (~1 min)")
-    p.add_argument("--keys", type=int, default=None, help="keys per file (default 400)")
-    p.add_argument("--files", nargs="*", default=None,
-                   help="stdlib module file names, or 'large' for the 14k-line file")
+    replay_arguments(p)
     p.add_argument("--runs", nargs="*", default=list(RUNS), choices=RUNS)
-    p.add_argument("--accuracy", type=float, default=0.7)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
-    p.add_argument("--raw", type=Path, default=None, help="save raw per-request JSON here")
     p.add_argument("--from-raw", type=Path, default=None,
                    help="render (and --write) a table from a --raw file instead of running")
     p.add_argument("--worker", choices=RUNS, default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.files is None:
-        args.files = ["colorsys.py", "large"] if args.quick else [*SMALL_MODULES, "large"]
-    if args.keys is None:
-        args.keys = 150 if args.quick else 400
-    return args
+    return replay_defaults(p.parse_args(argv), "colorsys.py")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -696,18 +682,7 @@ def main(argv: list[str] | None = None) -> None:
             write_benchmarks(section)
         return
     started = time.monotonic()
-    procs = {}
-    for run in args.runs:
-        cmd = [sys.executable, "-m", "bench.typing_replay", "--worker", run,
-               "--keys", str(args.keys), "--seed", str(args.seed),
-               "--accuracy", str(args.accuracy), "--files", *args.files]
-        procs[run] = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE)
-    results = {}
-    for run, proc in procs.items():
-        stdout, _ = proc.communicate()
-        if proc.returncode != 0:
-            raise SystemExit(f"worker {run} failed with exit code {proc.returncode}")
-        results[run] = json.loads(stdout)
+    results = run_workers("bench.typing_replay", args.runs, args, ROOT)
     elapsed = time.monotonic() - started
     section = render(results, args, elapsed)
     print(section)

@@ -10,8 +10,12 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qwen_lsp import __version__
+
+if TYPE_CHECKING:
+    from qwen_lsp.settings import Settings
 
 EXIT_OK, EXIT_NONE, EXIT_ERROR = 0, 1, 2
 
@@ -271,4 +275,36 @@ async def _check() -> int:
     finally:
         await backend.aclose()
     print(f"ok: {settings.provider} answered in {time.monotonic() - t0:.2f}s: {text.strip()!r}")
+    if settings.provider != "local":
+        print(typical_cost(settings))
     return EXIT_OK
+
+
+TYPICAL_OUTPUT_TOKENS = 40
+TYPICAL_REUSED = 0.9  # share of a prompt that repeats the previous one while typing
+
+
+def typical_cost(settings: Settings) -> str:
+    """What one completion of the configured size costs, by cache outcome."""
+    from qwen_lsp.pricing import cost, price_for
+    from qwen_lsp.providers.base import Usage
+
+    price = price_for(settings.model, settings.prices)
+    if price is None:
+        return (f"cost: no price known for model {settings.model!r}; set `prices` to see "
+                "what a request costs")
+    size = settings.context_tokens
+    reused = int(size * TYPICAL_REUSED)
+    cases = [("no cache hit", Usage(size, TYPICAL_OUTPUT_TOKENS)),
+             (f"implicit cache hit on {TYPICAL_REUSED:.0%}",
+              Usage(size, TYPICAL_OUTPUT_TOKENS, cached_tokens=reused))]
+    if settings.context_cache_mode() != "implicit":
+        cases.append((f"explicit cache hit on {TYPICAL_REUSED:.0%}",
+                      Usage(size, TYPICAL_OUTPUT_TOKENS, explicit_cached_tokens=reused)))
+        cases.append(("creating an explicit cache",
+                      Usage(size, TYPICAL_OUTPUT_TOKENS, cache_creation_tokens=reused)))
+    shown = "; ".join(f"{cost(u, price):.6f} {price.currency} with {label}"
+                      for label, u in cases)
+    return (f"cost of a typical request ({size} input tokens, the contextTokens budget, "
+            f"+ {TYPICAL_OUTPUT_TOKENS} output, {settings.model}, contextCache "
+            f"{settings.context_cache_mode()}): {shown}")

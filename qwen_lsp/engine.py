@@ -29,11 +29,14 @@ from typing import Any
 
 from qwen_lsp.cache import CompletionCache
 from qwen_lsp.context import CompletionContext, estimate_tokens
+from qwen_lsp.context_cache import NO_MARKS, CachePlan, ExplicitCache
 from qwen_lsp.health import UpstreamHealth
 from qwen_lsp.postprocess import PostContext, Suggestion, postprocess, stream_should_stop
+from qwen_lsp.pricing import Price
 from qwen_lsp.prompt_cache import EngineView
-from qwen_lsp.prompts import build_request
+from qwen_lsp.prompts import PartialBlocks, build_request, partial_blocks
 from qwen_lsp.providers.base import Provider, TextDelta, UpstreamError, UpstreamRequest, Usage
+from qwen_lsp.ratelimit import TokenBudget
 from qwen_lsp.stats import Stats
 
 ProviderSource = Callable[[], Awaitable[Provider]]
@@ -67,6 +70,12 @@ class EngineConfig:
     # When the time box ends mid-answer, editors still get the complete lines
     # that arrived; the CLI reports a time-out instead of a cut-off answer.
     partial_on_timeout: bool = True
+    # Partial mode's context cache: "implicit" (plain layout, no markers),
+    # "policy" (block layout, markers when they pay off) or "explicit"
+    # (block layout, markers whenever the prefix is big enough).
+    context_cache: str = "implicit"
+    price: Price | None = None  # for the cost estimate in the stats
+    max_tokens_per_minute: int | None = None
 
 
 @dataclass
@@ -131,6 +140,7 @@ class Engine:
         on_success: Callable[[], None] | None = None,
         on_timeout: Callable[[int], None] | None = None,
         view: EngineView | None = None,
+        on_paused: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -145,7 +155,10 @@ class Engine:
         self.view = view
         self._flights_up = 0  # upstream streams open now (prefills wait for none)
         self.last_request_at = float("-inf")  # clock of the last editor request
+        self._on_paused = on_paused
         self._clock = clock
+        self.explicit_cache = ExplicitCache()
+        self.budget = TokenBudget(clock=clock)
         self._docs: dict[str, _DocState] = {}
         self._first_tokens: deque[float] = deque(maxlen=10)
 
@@ -153,6 +166,7 @@ class Engine:
     def forget(self, uri: str) -> None:
         """The document was closed: cancel its flight and drop its state."""
         state = self._docs.pop(uri, None)
+        self.explicit_cache.forget(uri)
         if state and state.flight and state.flight.task and not state.flight.task.done():
             state.flight.task.cancel()
 
@@ -208,8 +222,9 @@ class Engine:
             self.stats.record_answer(self._clock() - started, hit=True)
             return hit.suggestion
 
-        if not ctx.manual and not self.health.allow():
+        if not self.health.allow(manual=ctx.manual):
             self.stats.skipped_backoff += 1
+            self._paused(self.health.message())
             timing.add(t)
             return None
 
@@ -399,19 +414,32 @@ class Engine:
     async def _fly_inner(self, flight: _Flight, delay: float) -> Suggestion | None:
         if delay > 0:
             await asyncio.sleep(delay)
-        if not flight.ctx.manual and not self.health.allow():
+        if not self.health.acquire(manual=flight.ctx.manual):
             self.stats.skipped_backoff += 1
+            self._paused(self.health.message())
             return None
-        flight.sent = True
         cfg = self.config
-        request = build_request(
-            flight.ctx,
-            mode=cfg.mode,
-            max_tokens=cfg.max_tokens,
-            temperature=cfg.temperature,
-            extra_stop=cfg.stop,
-            extra_body=cfg.extra_body,
-        )
+        blocks = (partial_blocks(flight.ctx)
+                  if cfg.mode == "partial" and cfg.context_cache != "implicit" else None)
+        if blocks is not None and not self.explicit_cache.use_blocks(
+                flight.ctx.uri, flight.ctx.prefix_start_line, blocks):
+            blocks = None
+        request = self._request(flight.ctx, blocks, NO_MARKS)
+        self.budget.per_minute = cfg.max_tokens_per_minute or None
+        need = _prompt_estimate(request) + request.max_tokens
+        reservation = self.budget.reserve(need)
+        if reservation is None:
+            self.health.release()
+            self.stats.skipped_budget += 1
+            self._paused(self.budget.message(need))
+            return None
+        plan = NO_MARKS
+        if blocks is not None:
+            self.explicit_cache.force = cfg.context_cache == "explicit"
+            plan = self.explicit_cache.plan(flight.ctx.uri, blocks, self._clock(),
+                                            flight.ctx.prefix_start_line)
+            request = self._request(flight.ctx, blocks, plan)
+        flight.sent = True
         self.stats.upstream_requests += 1
         usage: Usage | None = None
         sent_at = self._clock()
@@ -464,11 +492,12 @@ class Engine:
             self._flights_up -= 1
             if stream is not None:
                 await _close(stream)
-            self._account(request, flight.text, usage)
             if cost is not None and self.view is not None and request.prompt:
                 self.view.record(request.prompt, flight.text, completed=ended,
                                  first_token_s=None if first_token is None
                                  else first_token - sent_at, cost=cost)
+            self.health.release()
+            self._account(request, flight.text, usage, plan, reservation)
         if error is not None:
             if not (timed_out and first_token is not None):  # counted above
                 self.stats.record_error(error.kind)
@@ -506,18 +535,59 @@ class Engine:
         flight.post_time += time.perf_counter() - t
         return suggestion
 
-    def _account(self, request: Any, text: str, usage: Usage | None) -> None:
-        if usage is not None:
-            self.stats.prompt_tokens += usage.prompt_tokens
-            self.stats.completion_tokens += usage.completion_tokens
+    def _request(
+        self, ctx: CompletionContext, blocks: PartialBlocks | None, plan: CachePlan
+    ) -> UpstreamRequest:
+        cfg = self.config
+        return build_request(
+            ctx,
+            mode=cfg.mode,
+            max_tokens=cfg.max_tokens,
+            temperature=cfg.temperature,
+            extra_stop=cfg.stop,
+            extra_body=cfg.extra_body,
+            blocks=blocks,
+            marks=plan.marks,
+        )
+
+    def _paused(self, message: str) -> None:
+        """Tell the editor why nothing comes (its status, not a message)."""
+        if message and self._on_paused is not None:
+            self._on_paused(message)
+
+    def _account(
+        self, request: UpstreamRequest, text: str, usage: Usage | None, plan: CachePlan,
+        reservation: Any,
+    ) -> None:
+        now = self._clock()
+        self.explicit_cache.finished(plan, usage, now)
+        estimated = usage is None
+        if usage is None:
+            # The stream was closed before the usage frame, or the server sends
+            # none: count with the calibrated estimate and say so in the stats.
+            usage = Usage(_prompt_estimate(request), estimate_tokens(text))
+            self.stats.estimated_usage += 1
+        self.stats.prompt_tokens += usage.prompt_tokens
+        self.stats.completion_tokens += usage.completion_tokens
+        if not estimated:
             self.stats.cached_tokens += usage.cached_tokens
-            return
-        # The stream was closed before the usage frame, or the server sends
-        # none: count with the calibrated estimate and say so in the stats.
-        prompt = request.prompt or "".join(m.get("content", "") for m in request.messages or [])
-        self.stats.prompt_tokens += estimate_tokens(prompt)
-        self.stats.completion_tokens += estimate_tokens(text)
-        self.stats.estimated_usage += 1
+        self.stats.record_usage(usage, self.config.price, now)
+        TokenBudget.settle(reservation, usage.prompt_tokens + usage.completion_tokens)
+
+
+def _prompt_estimate(request: UpstreamRequest) -> int:
+    """Estimated input tokens of ``request`` (text of every content block)."""
+    if request.prompt is not None:
+        return estimate_tokens(request.prompt)
+    total = 0
+    for message in request.messages or []:
+        content = message.get("content")
+        if isinstance(content, str):
+            total += estimate_tokens(content)
+        elif isinstance(content, list):
+            total += sum(estimate_tokens(str(b.get("text", ""))) for b in content
+                         if isinstance(b, dict))
+    return total
 
 
 _OPENERS = ":{([,\\=+-*/|&<>"

@@ -57,6 +57,7 @@ class Notifier:
         self._unhealthy = False
         self._timeouts = 0  # in a row
         self._timeout_shown = False  # once per session
+        self._last_paused = ""
         self._progress_token: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -133,8 +134,19 @@ class Notifier:
         self._unhealthy = True
         self.status("error", message)
 
+    def paused(self, message: str) -> None:
+        """Completions are held back (rate limit, breaker, token budget): say
+        why in the status, once per change of the text (at most once a second
+        while a countdown runs), never as a message per keystroke."""
+        if not message or message == self._last_paused:
+            return
+        self._last_paused = message
+        self._unhealthy = True
+        self.status("paused", message)
+
     def upstream_ok(self) -> None:
         self._timeouts = 0
+        self._last_paused = ""
         if self._unhealthy:
             self._unhealthy = False
             self.log(types.MessageType.Info, "upstream is healthy again")

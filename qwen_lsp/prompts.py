@@ -7,6 +7,7 @@ prompt prefix byte for byte.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from qwen_lsp.context import CompletionContext
@@ -49,28 +50,108 @@ def _fence(text: str) -> str:
     return fence
 
 
+def _after_cursor(ctx: CompletionContext) -> str:
+    if not ctx.suffix.strip():
+        return "The cursor is at the end of the file."
+    fence = _fence(ctx.suffix)
+    return f"The code right after the cursor (do not repeat it):\n{fence}\n{ctx.suffix}\n{fence}"
+
+
+def _instruction(ctx: CompletionContext) -> str:
+    if ctx.multiline:
+        return "Complete the code at the cursor: finish the current statement or block."
+    return "Complete only the rest of the current line."
+
+
 def partial_messages(ctx: CompletionContext) -> list[dict[str, Any]]:
     """Chat messages whose last one is the partial assistant turn (the prefix)."""
     lines = [f"File: {ctx.path}" + (f" (language: {ctx.language})" if ctx.language else "")]
     for snip in ctx.snippets:
         fence = _fence(snip.text)
         lines.append(f"Related file {snip.path}:\n{fence}\n{snip.text.rstrip()}\n{fence}")
-    if ctx.suffix.strip():
-        fence = _fence(ctx.suffix)
-        lines.append(
-            "The code right after the cursor (do not repeat it):\n"
-            f"{fence}\n{ctx.suffix}\n{fence}"
-        )
-    else:
-        lines.append("The cursor is at the end of the file.")
-    if ctx.multiline:
-        lines.append("Complete the code at the cursor: finish the current statement or block.")
-    else:
-        lines.append("Complete only the rest of the current line.")
+    lines.append(_after_cursor(ctx))
+    lines.append(_instruction(ctx))
     return [
         {"role": "system", "content": PARTIAL_SYSTEM},
         {"role": "user", "content": "\n\n".join(lines)},
         {"role": "assistant", "content": ctx.prefix, "partial": True},
+    ]
+
+
+# Lines of the code before the cursor per content block of the block layout.
+CACHE_CHUNK_LINES = 4
+EPHEMERAL = {"type": "ephemeral"}
+
+
+@dataclass(frozen=True, slots=True)
+class PartialBlocks:
+    """The partial-mode prompt as content blocks, the slowly changing ones first.
+
+    ``texts`` holds the system text; the head (file, related files, the code
+    after the cursor, which stays the same while the user types); the code
+    before the cursor in whole ``CACHE_CHUNK_LINES``-line chunks counted from
+    the window's anchored first line; and the instruction. ``tail``, the rest
+    of the code up to the cursor, is the partial assistant message. Blocks up
+    to ``stable_end`` stay the same while the user types below them; the
+    explicit context cache marks them (see :mod:`qwen_lsp.context_cache`).
+    """
+
+    texts: tuple[str, ...]
+    tail: str
+    stable_end: int  # index of the last chunk (or of the head without chunks)
+
+    @property
+    def instruction(self) -> int:
+        return len(self.texts) - 1
+
+
+def _chunks(prefix: str) -> tuple[list[str], str]:
+    """Whole chunks of the prefix; the tail keeps the cursor's line, and one
+    whole line more when the cursor is at a line start (never empty)."""
+    lines = prefix.split("\n")
+    whole = len(lines) - 1 - (1 if not lines[-1] else 0)
+    count = max(0, whole) // CACHE_CHUNK_LINES
+    chunks = [
+        "".join(f"{line}\n" for line in lines[i * CACHE_CHUNK_LINES:(i + 1) * CACHE_CHUNK_LINES])
+        for i in range(count)
+    ]
+    return chunks, "\n".join(lines[count * CACHE_CHUNK_LINES:])
+
+
+def partial_blocks(ctx: CompletionContext) -> PartialBlocks:
+    """The block layout of :func:`partial_messages` (same information)."""
+    chunks, tail = _chunks(ctx.prefix)
+    head = [f"File: {ctx.path}" + (f" (language: {ctx.language})" if ctx.language else "")]
+    for snip in ctx.snippets:
+        fence = _fence(snip.text)
+        head.append(f"Related file {snip.path}:\n{fence}\n{snip.text.rstrip()}\n{fence}")
+    head.append(_after_cursor(ctx))
+    start = f"The code before the cursor starts at line {ctx.prefix_start_line + 1}"
+    code_fence = _fence("".join(chunks))
+    if chunks:
+        head.append(f"{start}; the assistant message continues it up to the cursor:\n"
+                    f"{code_fence}\n")
+        end = f"{code_fence}\n\n{_instruction(ctx)}"
+    else:
+        head.append(f"{start}; the assistant message holds it up to the cursor.")
+        end = f"\n\n{_instruction(ctx)}"
+    texts = (PARTIAL_SYSTEM, "\n\n".join(head), *chunks, end)
+    return PartialBlocks(texts=texts, tail=tail, stable_end=1 + len(chunks))
+
+
+def block_messages(blocks: PartialBlocks, marks: tuple[int, ...] = ()) -> list[dict[str, Any]]:
+    """Chat messages of the block layout, with cache markers on the blocks ``marks``."""
+
+    def block(i: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "text", "text": blocks.texts[i]}
+        if i in marks:
+            out["cache_control"] = dict(EPHEMERAL)
+        return out
+
+    return [
+        {"role": "system", "content": [block(0)]},
+        {"role": "user", "content": [block(i) for i in range(1, len(blocks.texts))]},
+        {"role": "assistant", "content": blocks.tail, "partial": True},
     ]
 
 
@@ -87,7 +168,11 @@ def build_request(
     temperature: float,
     extra_stop: tuple[str, ...] = (),
     extra_body: dict[str, Any] | None = None,
+    blocks: PartialBlocks | None = None,
+    marks: tuple[int, ...] = (),
 ) -> UpstreamRequest:
+    """The request for ``ctx``. In partial mode, ``blocks`` selects the block
+    layout (with cache markers on ``marks``) instead of the plain one."""
     limit = max_tokens if ctx.multiline else min(max_tokens, SINGLE_LINE_MAX_TOKENS)
     stop = stop_sequences(mode, extra_stop)
     if mode == "fim" and not ctx.multiline and ctx.line_prefix.strip() and "\n" not in stop:
@@ -105,4 +190,6 @@ def build_request(
     }
     if mode == "fim":
         return UpstreamRequest(prompt=fim_prompt(ctx), **common)
+    if blocks is not None:
+        return UpstreamRequest(messages=block_messages(blocks, marks), **common)
     return UpstreamRequest(messages=partial_messages(ctx), **common)

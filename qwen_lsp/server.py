@@ -27,6 +27,7 @@ from pygls.protocol.json_rpc import RPCRequest
 from qwen_lsp import __version__
 from qwen_lsp.backend import Backend
 from qwen_lsp.context import CHARS_PER_TOKEN, CompletionContext, Snippet, build_context, skip_reason
+from qwen_lsp.context_cache import keep_window_start
 from qwen_lsp.documents import (
     UTF8,
     UTF16,
@@ -41,6 +42,7 @@ from qwen_lsp.items import client_profile, completion_list, inline_items
 from qwen_lsp.neighbours import Neighbours
 from qwen_lsp.notify import Notifier
 from qwen_lsp.postprocess import Suggestion
+from qwen_lsp.pricing import price_for
 from qwen_lsp.prompt_cache import (
     N_BATCH,
     STATE_CACHE_BYTES,
@@ -194,10 +196,11 @@ class QwenServer(LanguageServer):
             self.engine = Engine(
                 config,
                 self.backend.provider,
-                on_error=self.notifier.upstream_error,
+                on_error=self._upstream_error,
                 on_success=self.notifier.upstream_ok,
                 on_timeout=lambda ms: self.notifier.timeout(
                     f"a completion was cut off at the {ms} ms time box (qwen.timeoutMs)"),
+                on_paused=self.notifier.paused,
             )
         else:
             self.engine.config = config
@@ -217,6 +220,12 @@ class QwenServer(LanguageServer):
         if self.config_ready.is_set() and s.provider == "local" and s.enabled:
             await _warm_local(self)
 
+    def _upstream_error(self, err: UpstreamError) -> None:
+        self.notifier.upstream_error(err)
+        if self.engine is not None:
+            # "rate-limited, retrying in 4 s" rather than only the error.
+            self.notifier.paused(self.engine.health.message())
+
     def _engine_config(self, s: Settings) -> EngineConfig:
         extra = self.backend.extra_body()
         return EngineConfig(
@@ -229,6 +238,9 @@ class QwenServer(LanguageServer):
             debounce_min_ms=s.debounce_min_ms,
             debounce_max_ms=s.debounce_max_ms,
             extra_body=extra,
+            context_cache=s.context_cache_mode(),
+            price=price_for(s.model, s.prices) if s.provider != "local" else None,
+            max_tokens_per_minute=s.max_tokens_per_minute or None,
         )
 
     async def aclose(self) -> None:
@@ -321,6 +333,9 @@ class QwenServer(LanguageServer):
         self.user_at(uri, offset)
         snippets = self._snippets(doc, offset)
         ctx = self._context(doc, doc.text, offset, snippets, manual=manual)
+        cfg = self.engine.config
+        if cfg.mode == "partial" and cfg.context_cache != "implicit":
+            ctx = keep_window_start(ctx, doc.text, self.engine.explicit_cache.window_start(uri))
         if skip_reason(ctx, untitled=not uri.startswith("file:")) is not None:
             self.engine.stats.skipped += 1
             timing.add(t)
@@ -623,6 +638,11 @@ def create_server() -> QwenServer:
         if ls.engine:
             data["cacheEntries"] = len(ls.engine.cache)
             data["upstream"] = ls.engine.health.describe()
+            data["contextCache"] = {
+                "mode": ls.engine.config.context_cache,
+                **ls.engine.explicit_cache.describe(time.monotonic()),
+            }
+            data["tokensLastMinute"] = ls.engine.budget.used()
         data["provider"] = ls.settings.provider
         data["mode"] = ls.settings.effective_mode()
         data["model"] = ls.settings.model

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qwen_lsp.pricing import Price, PriceError, parse_prices, price_dict
+
 __all__ = [
     "DEFAULT_EXCLUDE",
     "ENV_PREFIX",
@@ -150,6 +152,9 @@ class Settings:
     model_path: str | None = None  # local engine GGUF file
     threads: int | None = None  # local engine threads (None: os.cpu_count())
     context_size: int = 4096  # local engine n_ctx
+    context_cache: str = "auto"  # "auto" | "explicit" | "implicit" (DashScope context cache)
+    prices: tuple[tuple[str, Price], ...] = ()  # per-model overrides of the price table
+    max_tokens_per_minute: int = 0  # local token budget (0: no limit)
 
     def __repr__(self) -> str:
         parts = []
@@ -168,6 +173,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "api_key":
                 value = redact_key(value)
+            elif f.name == "prices":
+                value = {model: price_dict(price) for model, price in value}
             elif isinstance(value, tuple):
                 value = list(value)
             out[camel(f.name)] = value
@@ -205,6 +212,20 @@ class Settings:
             return "partial" if self._native_dashscope() else "fim"
         return "fim" if self._auto_fim() else "partial"
 
+    def context_cache_mode(self) -> str:
+        """The engine's context-cache behaviour: "implicit", "policy" or "explicit".
+
+        Explicit caching needs content blocks, so partial mode. "auto" uses it
+        (through the cost policy) only on DashScope with a model that has it.
+        """
+        if self.effective_mode() != "partial" or self.context_cache == "implicit":
+            return "implicit"
+        if self.context_cache == "explicit":
+            return "explicit"
+        if self.provider == "dashscope" and supports_explicit_cache(self.model):
+            return "policy"
+        return "implicit"
+
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some fields replaced (no validation: for trusted callers)."""
         return dataclasses.replace(self, **changes)
@@ -222,6 +243,15 @@ class Settings:
             and self.region == "cn"
             and _served_by_completions_api(self.model)
         )
+
+
+# Models whose explicit context cache DashScope documents (dated snapshots included).
+EXPLICIT_CACHE_MODELS: tuple[str, ...] = ("qwen3-coder-plus", "qwen3-coder-flash")
+
+
+def supports_explicit_cache(model: str) -> bool:
+    name = model.strip().lower()
+    return any(name == m or name.startswith(m + "-") for m in EXPLICIT_CACHE_MODELS)
 
 
 def _served_by_completions_api(model: str) -> bool:
@@ -359,6 +389,18 @@ def _text_rule(expected: str = "a non-empty string") -> _Rule:
     return _Rule(expected, parse)
 
 
+def _prices_parse(raw: Any) -> tuple[tuple[str, Price], ...]:
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise _Invalid from None
+    try:
+        return parse_prices(raw)
+    except PriceError:
+        raise _Invalid from None
+
+
 def _url_parse(raw: Any) -> str:
     if not isinstance(raw, str) or not re.match(r"https?://[^\s/]", raw.strip()):
         raise _Invalid
@@ -404,6 +446,14 @@ _RULES: dict[str, _Rule] = {
     "model_path": _Rule("a path to a GGUF file", _path_parse),
     "threads": _int_rule(1, auto_none=True),
     "context_size": _int_rule(512),
+    "context_cache": _enum_rule("auto", "explicit", "implicit"),
+    "prices": _Rule(
+        'an object of model -> {"input": USD per million tokens, "output": ...} or '
+        '{"tiers": [{"upTo": input tokens, "input": ..., "output": ...}, ...], "currency": ...} '
+        "(JSON in the environment)",
+        _prices_parse,
+    ),
+    "max_tokens_per_minute": _int_rule(0),
 }
 
 _FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Settings))

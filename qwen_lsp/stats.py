@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+
+from qwen_lsp.pricing import Price, cost, input_equivalents
+from qwen_lsp.providers.base import Usage
+
+HOUR_S = 3600.0
 
 
 def percentile(values: list[float] | deque[float], q: float) -> float | None:
@@ -17,6 +23,50 @@ def percentile(values: list[float] | deque[float], q: float) -> float | None:
 
 def _ms(v: float | None) -> float | None:
     return None if v is None else round(v * 1000.0, 3)
+
+
+@dataclass
+class Billing:
+    """Tokens by billing class and the estimated cost of a set of requests."""
+
+    requests: int = 0
+    standard: int = 0  # input at the full price
+    implicit: int = 0  # input hit in the implicit cache (20%)
+    explicit: int = 0  # input hit in the explicit cache (10%)
+    creation: int = 0  # input written to a new explicit cache (125%)
+    output: int = 0
+    equivalents: float = 0.0  # input tokens weighted by class
+    cost: float = 0.0
+    unpriced: int = 0  # requests of a model without a price
+
+    def add(self, usage: Usage, price: Price | None) -> float:
+        self.requests += 1
+        self.standard += usage.standard_tokens
+        self.implicit += usage.cached_tokens
+        self.explicit += usage.explicit_cached_tokens
+        self.creation += usage.cache_creation_tokens
+        self.output += usage.completion_tokens
+        self.equivalents += input_equivalents(usage)
+        if price is None:
+            self.unpriced += 1
+            return 0.0
+        spent = cost(usage, price)
+        self.cost += spent
+        return spent
+
+    def snapshot(self, currency: str | None) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "inputStandard": self.standard,
+            "inputImplicitCached": self.implicit,
+            "inputExplicitCached": self.explicit,
+            "inputCacheCreation": self.creation,
+            "output": self.output,
+            "inputEquivalents": round(self.equivalents, 1),
+            "estimatedCost": round(self.cost, 6),
+            "currency": currency,
+            "unpricedRequests": self.unpriced,
+        }
 
 
 @dataclass
@@ -41,7 +91,12 @@ class Stats:
     completion_tokens: int = 0
     cached_tokens: int = 0
     estimated_usage: int = 0
+    skipped_budget: int = 0  # over maxTokensPerMinute
     errors: dict[str, int] = field(default_factory=dict)
+    billing: Billing = field(default_factory=Billing)
+    currency: str | None = None
+    # (time, usage, price) of the requests of the last hour.
+    _recent: deque[tuple[float, Usage, Price | None]] = field(default_factory=deque)
     answer_latency: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
     hit_latency: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
     upstream_latency: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
@@ -55,6 +110,26 @@ class Stats:
         self.upstream_latency.append(total)
         if first_token is not None:
             self.first_token_latency.append(first_token)
+
+    def record_usage(self, usage: Usage, price: Price | None, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.billing.add(usage, price)
+        if price is not None:
+            self.currency = price.currency
+        self._recent.append((now, usage, price))
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._recent and now - self._recent[0][0] > HOUR_S:
+            self._recent.popleft()
+
+    def last_hour(self, now: float | None = None) -> Billing:
+        now = time.monotonic() if now is None else now
+        self._trim(now)
+        hour = Billing()
+        for _, usage, price in self._recent:
+            hour.add(usage, price)
+        return hour
 
     def record_error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -88,6 +163,11 @@ class Stats:
             "completionTokens": self.completion_tokens,
             "cachedTokens": self.cached_tokens,
             "estimatedUsage": self.estimated_usage,
+            "skippedBudget": self.skipped_budget,
+            "usage": {
+                "session": self.billing.snapshot(self.currency),
+                "lastHour": self.last_hour().snapshot(self.currency),
+            },
             "errors": dict(self.errors),
             "latencyMs": pct(self.answer_latency),
             "cacheHitLatencyMs": pct(self.hit_latency),

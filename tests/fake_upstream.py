@@ -16,11 +16,33 @@ of an OpenAI-compatible stream is sent only when the request asks for it with
 honoured (finish_reason ``"stop"`` / ``"length"``).
 
 Token counts come from a deterministic approximate tokenizer (runs of word
-characters, single punctuation marks, runs of whitespace). ``cached_tokens``
-imitates DashScope's implicit context cache: the token length of the longest
-common prefix between this prompt and any earlier prompt for the same model,
-reported only when that prefix is at least 256 tokens (otherwise 0). For chat
-requests the prompt is the concatenation of the message contents.
+characters, single punctuation marks, runs of whitespace). For chat requests
+the prompt is the sequence of the message contents, tokenized one content
+block at a time (a content given as a list of ``{"type": "text", "text": ...}``
+blocks counts as its texts).
+
+Both context-cache modes of DashScope's Chat Completions and native APIs are
+imitated (one mode per request):
+
+* implicit, for requests without markers: ``cached_tokens`` is the token
+  length of the longest common prefix between this prompt and any earlier
+  unmarked prompt for the same model, reported only when that prefix is at
+  least 256 tokens (otherwise 0);
+* explicit, for requests whose content blocks carry
+  ``"cache_control": {"type": "ephemeral"}`` (at most 4, else HTTP 400): each
+  marker looks back up to 20 content blocks for the longest live cached
+  prefix (a hit, billed at 10%; it resets that cache's 5-minute life); a
+  marker whose own prefix is not cached creates a cache from the first block
+  to the marker when that prefix has at least 1,024 tokens. The cache exists
+  only once the response has ended. The usage then reads
+  ``prompt_tokens_details: {"cached_tokens": hit, "cache_type": "ephemeral",
+  "cache_creation_input_tokens": new, "cache_creation":
+  {"ephemeral_5m_input_tokens": new}}``, the fields of the vendor's SDK usage
+  class (``GenerationUsage.PromptTokensDetails``); ``new`` counts the tokens
+  beyond the hit.
+
+Every request's bill (token counts by billing class) is kept in
+``Recorded.bill``, also for streams the client closed early.
 
 Manual use: ``python -m tests.fake_upstream --port 8765 --text "return 1"``.
 """
@@ -28,6 +50,7 @@ Manual use: ``python -m tests.fake_upstream --port 8765 --text "return 1"``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import select
@@ -43,6 +66,10 @@ from typing import Any, Self
 
 TOKEN_RE = re.compile(r"\w+|[^\w\s]|\s+")
 CACHE_MIN_TOKENS = 256
+EXPLICIT_MIN_TOKENS = 1024
+EXPLICIT_TTL_S = 300.0
+EXPLICIT_LOOKBACK_BLOCKS = 20
+MAX_CACHE_MARKERS = 4
 ENDLESS_LIMIT_S = 60.0
 _PROMPT_HISTORY = 512  # earlier prompts remembered per model for the cache
 _POLL_S = 0.01
@@ -70,6 +97,16 @@ def common_prefix_len(a: list[str], b: list[str]) -> int:
     return n
 
 
+def implicit_hit(earlier: list[list[str]], tokens: list[str]) -> int:
+    """The implicit cache: the longest token prefix ``tokens`` shares with an
+    earlier prompt, when at least CACHE_MIN_TOKENS long; ``tokens`` joins
+    ``earlier``."""
+    best = max((common_prefix_len(tokens, p) for p in earlier), default=0)
+    earlier.append(tokens)
+    del earlier[:-_PROMPT_HISTORY]
+    return best if best >= CACHE_MIN_TOKENS else 0
+
+
 def _compact(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -88,6 +125,10 @@ class Recorded:
     aborted: bool = False  # client closed before the full response was written
     status: int = 0  # status code the server answered with
     client_port: int = 0  # the client's TCP port: equal ports mean a reused connection
+    # Billed token counts: prompt, completion, implicit, explicit, creation.
+    bill: dict[str, int] = field(default_factory=dict)
+    # Explicit caches this request creates once its response has ended.
+    pending_caches: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -162,6 +203,8 @@ class _Plan:
     cached_tokens: int
     include_usage: bool
     incremental: bool
+    explicit: bool = False  # the request used the explicit cache
+    creation_tokens: int = 0
 
 
 class _Server(ThreadingHTTPServer):
@@ -198,6 +241,9 @@ class FakeUpstream:
         self.requests: list[Recorded] = []
         self._cond = threading.Condition()
         self._history: dict[str, list[list[str]]] = {}
+        # Explicit caches: (model, prefix key) -> [tokens, expires_at]
+        self._explicit: dict[tuple[str, str], list[float]] = {}
+        self.clock: Callable[[], float] = time.monotonic
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._live: set[socket.socket] = set()
@@ -263,6 +309,13 @@ class FakeUpstream:
     def reset_cache(self) -> None:
         with self._cond:
             self._history.clear()
+            self._explicit.clear()
+
+    def explicit_caches(self) -> int:
+        """Live explicit caches."""
+        now = self.clock()
+        with self._cond:
+            return sum(1 for _, expires in self._explicit.values() if expires > now)
 
     def wait_for_requests(self, n: int, timeout: float = 5.0) -> bool:
         with self._cond:
@@ -305,6 +358,10 @@ class FakeUpstream:
         finally:
             with self._cond:
                 rec.finished = time.monotonic()
+                # Explicit caches are created after the response.
+                now = self.clock()
+                for key, tokens in rec.pending_caches:
+                    self._explicit[(_model_of(rec), key)] = [tokens, now + EXPLICIT_TTL_S]
                 self._live.discard(h.connection)
                 self._cond.notify_all()
 
@@ -324,6 +381,10 @@ class FakeUpstream:
             self._send_json(h, rec, 401, error_body(401, native))
             return
         reply = self._resolve_reply(rec)
+        if reply.status == 200 and api != "completions" and _marker_count(api, rec) > MAX_CACHE_MARKERS:
+            message = f"At most {MAX_CACHE_MARKERS} cache_control markers are allowed per request."
+            self._send_json(h, rec, 400, error_body(400, native, message))
+            return
         if reply.status != 200:
             _pause(h, reply.first_token_delay)
             self._send_json(h, rec, reply.status, reply.error or error_body(reply.status, native),
@@ -354,11 +415,22 @@ class FakeUpstream:
         finish = "stop"
         if not reply.endless:
             pieces, finish = _apply_limits(pieces, params.get("stop"), params.get("max_tokens"))
-        prompt_tokens = tokenize(prompt)
-        cached = self._cached_tokens(model, prompt_tokens)
+        blocks = _blocks_of(api, body)
+        # Chat content is tokenized block by block, so a cached prefix of
+        # blocks is always a prefix of the prompt's tokens.
+        prompt_tokens = (tokenize(prompt) if api == "completions"
+                         else [t for _, text, _ in blocks for t in tokenize(text)])
+        explicit = any(marked for _, _, marked in blocks)
+        creation = 0
+        if explicit:
+            cached, creation = self._explicit_cache(model, rec, blocks)
+            cached = min(cached, len(prompt_tokens))
+            creation = min(creation, len(prompt_tokens) - cached)
+        else:
+            cached = self._cached_tokens(model, prompt_tokens)
         overrides = reply.usage or {}
         options = body.get("stream_options")
-        return _Plan(
+        plan = _Plan(
             api=api,
             model=model,
             pieces=pieces,
@@ -368,16 +440,58 @@ class FakeUpstream:
             cached_tokens=overrides.get("cached_tokens", cached),
             include_usage=isinstance(options, dict) and bool(options.get("include_usage")),
             incremental=bool(params.get("incremental_output", False)),
+            explicit=explicit,
+            creation_tokens=overrides.get("cache_creation_tokens", creation),
         )
+        rec.bill = {
+            "prompt": plan.prompt_tokens,
+            "completion": plan.completion_tokens,
+            "implicit": 0 if explicit else plan.cached_tokens,
+            "explicit": plan.cached_tokens if explicit else 0,
+            "creation": plan.creation_tokens,
+        }
+        return plan
+
+    def _explicit_cache(
+        self, model: str, rec: Recorded, blocks: list[tuple[str, str, bool]]
+    ) -> tuple[int, int]:
+        """(hit tokens, creation tokens) of a request with cache markers."""
+        keys: list[str] = []
+        totals: list[int] = []
+        digest = hashlib.sha256()
+        total = 0
+        for role, text, _ in blocks:
+            digest.update(_compact([role, text]))
+            keys.append(digest.hexdigest())
+            total += count_tokens(text)
+            totals.append(total)
+        now = self.clock()
+        hit = 0
+        hit_key: str | None = None
+        created = 0
+        with self._cond:
+            for key, entry in list(self._explicit.items()):
+                if entry[1] <= now:
+                    del self._explicit[key]
+            for m, (_, _, marked) in enumerate(blocks):
+                if not marked:
+                    continue
+                for j in range(m, max(-1, m - EXPLICIT_LOOKBACK_BLOCKS), -1):
+                    if (model, keys[j]) in self._explicit:
+                        if totals[j] > hit:
+                            hit, hit_key = totals[j], keys[j]
+                        break
+                if (model, keys[m]) not in self._explicit and totals[m] >= EXPLICIT_MIN_TOKENS:
+                    rec.pending_caches.append((keys[m], totals[m]))
+                    created = max(created, totals[m])
+            if hit_key is not None:
+                self._explicit[(model, hit_key)][1] = now + EXPLICIT_TTL_S
+        return hit, max(0, created - hit)
 
     def _cached_tokens(self, model: str, tokens: list[str]) -> int:
         """Simulated implicit cache hit, then remember this prompt."""
         with self._cond:
-            earlier = self._history.setdefault(model, [])
-            best = max((common_prefix_len(tokens, p) for p in earlier), default=0)
-            earlier.append(tokens)
-            del earlier[:-_PROMPT_HISTORY]
-        return best if best >= CACHE_MIN_TOKENS else 0
+            return implicit_hit(self._history.setdefault(model, []), tokens)
 
     # -- writing --------------------------------------------------------------
 
@@ -507,12 +621,23 @@ class _Frames:
         return frames
 
 
+def _prompt_details(plan: _Plan) -> dict[str, Any]:
+    if not plan.explicit:
+        return {"cached_tokens": plan.cached_tokens}
+    return {
+        "cached_tokens": plan.cached_tokens,
+        "cache_type": "ephemeral",
+        "cache_creation_input_tokens": plan.creation_tokens,
+        "cache_creation": {"ephemeral_5m_input_tokens": plan.creation_tokens},
+    }
+
+
 def _compat_usage(plan: _Plan) -> dict[str, Any]:
     return {
         "prompt_tokens": plan.prompt_tokens,
         "completion_tokens": plan.completion_tokens,
         "total_tokens": plan.prompt_tokens + plan.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": plan.cached_tokens},
+        "prompt_tokens_details": _prompt_details(plan),
     }
 
 
@@ -521,7 +646,7 @@ def _native_usage(plan: _Plan, output_tokens: int) -> dict[str, Any]:
         "total_tokens": plan.prompt_tokens + output_tokens,
         "output_tokens": output_tokens,
         "input_tokens": plan.prompt_tokens,
-        "prompt_tokens_details": {"cached_tokens": plan.cached_tokens},
+        "prompt_tokens_details": _prompt_details(plan),
     }
 
 
@@ -570,19 +695,57 @@ def _wants_stream(api: str, rec: Recorded) -> bool:
     return isinstance(rec.json, dict) and rec.json.get("stream") is True
 
 
-def _prompt_of(api: str, body: dict[str, Any]) -> str:
-    if api == "completions":
-        prompt = body.get("prompt")
-        return prompt if isinstance(prompt, str) else ""
+def _messages_of(api: str, body: dict[str, Any]) -> list[Any]:
     messages = body.get("messages")
     if api == "native":
         inp = body.get("input")
         messages = inp.get("messages") if isinstance(inp, dict) else None
-    parts: list[str] = []
-    for message in messages if isinstance(messages, list) else []:
-        content = message.get("content") if isinstance(message, dict) else None
-        parts.append(content if isinstance(content, str) else json.dumps(content))
-    return "".join(parts)
+    return messages if isinstance(messages, list) else []
+
+
+def _is_marked(block: dict[str, Any]) -> bool:
+    control = block.get("cache_control")
+    return isinstance(control, dict) and control.get("type") == "ephemeral"
+
+
+def _blocks_of(api: str, body: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(role, text, marked) of every content block; a string content is one block."""
+    if api == "completions":
+        return []
+    blocks: list[tuple[str, str, bool]] = []
+    for message in _messages_of(api, body):
+        if not isinstance(message, dict):
+            continue
+        role = str(message.get("role") or "")
+        content = message.get("content")
+        if isinstance(content, str):
+            blocks.append((role, content, False))
+        elif isinstance(content, list):
+            for block in content:
+                if isinstance(block, dict) and isinstance(block.get("text"), str):
+                    blocks.append((role, block["text"], _is_marked(block)))
+                else:
+                    blocks.append((role, json.dumps(block), False))
+        elif content is not None:
+            blocks.append((role, json.dumps(content), False))
+    return blocks
+
+
+def _marker_count(api: str, rec: Recorded) -> int:
+    body = rec.json if isinstance(rec.json, dict) else {}
+    return sum(1 for _, _, marked in _blocks_of(api, body) if marked)
+
+
+def _model_of(rec: Recorded) -> str:
+    body = rec.json if isinstance(rec.json, dict) else {}
+    return str(body.get("model") or "")
+
+
+def _prompt_of(api: str, body: dict[str, Any]) -> str:
+    if api == "completions":
+        prompt = body.get("prompt")
+        return prompt if isinstance(prompt, str) else ""
+    return "".join(text for _, text, _ in _blocks_of(api, body))
 
 
 def _apply_limits(pieces: list[str], stop: Any, max_tokens: Any) -> tuple[list[str], str]:

@@ -13,6 +13,7 @@ API key.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -57,12 +58,60 @@ class TextDelta:
 
 @dataclass(slots=True)
 class Usage:
+    """Token counts of one request, split the way DashScope bills them.
+
+    ``prompt_tokens`` is all input; ``cached_tokens`` (implicit cache hits),
+    ``explicit_cached_tokens`` (explicit cache hits) and
+    ``cache_creation_tokens`` (written to a new explicit cache) are parts of it.
+    """
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    explicit_cached_tokens: int = 0
+    cache_creation_tokens: int = 0
+
+    @property
+    def standard_tokens(self) -> int:
+        """Input billed at the full price."""
+        cached = self.cached_tokens + self.explicit_cached_tokens + self.cache_creation_tokens
+        return max(0, self.prompt_tokens - cached)
 
 
 StreamEvent = TextDelta | Usage
+
+# ``prompt_tokens_details.cache_type`` of a request that used the explicit cache.
+EXPLICIT_CACHE_TYPE = "ephemeral"
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return 0
+    return max(0, int(value))
+
+
+def usage_from_counts(prompt: Any, completion: Any, details: Any) -> Usage:
+    """Usage from the input/output counts and ``prompt_tokens_details``.
+
+    Both DashScope wire formats carry the same details object. With the
+    explicit cache (``cache_type`` "ephemeral") ``cached_tokens`` are explicit
+    hits and ``cache_creation_input_tokens`` (also broken down as
+    ``cache_creation.ephemeral_5m_input_tokens``) were written to a new cache;
+    otherwise ``cached_tokens`` are implicit hits.
+    """
+    usage = Usage(prompt_tokens=_count(prompt), completion_tokens=_count(completion))
+    if not isinstance(details, dict):
+        return usage
+    cached = _count(details.get("cached_tokens"))
+    creation = _count(details.get("cache_creation_input_tokens"))
+    if not creation and isinstance(details.get("cache_creation"), dict):
+        creation = _count(details["cache_creation"].get("ephemeral_5m_input_tokens"))
+    if details.get("cache_type") == EXPLICIT_CACHE_TYPE or creation:
+        usage.explicit_cached_tokens = cached
+        usage.cache_creation_tokens = creation
+    else:
+        usage.cached_tokens = cached
+    return usage
 
 
 class UpstreamError(Exception):

@@ -19,7 +19,14 @@ from typing import Any
 
 import httpx
 
-from qwen_lsp.providers.base import StreamEvent, TextDelta, UpstreamError, UpstreamRequest, Usage
+from qwen_lsp.providers.base import (
+    StreamEvent,
+    TextDelta,
+    UpstreamError,
+    UpstreamRequest,
+    Usage,
+    usage_from_counts,
+)
 from qwen_lsp.providers.http import StreamingProvider
 
 GENERATION_PATH = "/services/aigc/text-generation/generation"
@@ -28,12 +35,8 @@ GENERATION_PATH = "/services/aigc/text-generation/generation"
 def usage_from_native(raw: Any) -> Usage | None:
     if not isinstance(raw, dict):
         return None
-    details = raw.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return Usage(
-        prompt_tokens=int(raw.get("input_tokens") or 0),
-        completion_tokens=int(raw.get("output_tokens") or 0),
-        cached_tokens=int(cached or 0),
+    return usage_from_counts(
+        raw.get("input_tokens"), raw.get("output_tokens"), raw.get("prompt_tokens_details")
     )
 
 

@@ -126,7 +126,8 @@ def kind_for_code(code: str | None) -> str:
     c = (code or "").lower()
     if "apikey" in c or "api_key" in c or "accessdenied" in c or "auth" in c:
         return "auth"
-    if "throttl" in c or "ratequota" in c or "rate_limit" in c or "quota" in c:
+    if ("throttl" in c or "ratequota" in c or "rate_limit" in c or "quota" in c
+            or c.startswith("limit_")):
         return "rate_limited"
     if "notfound" in c or "not_found" in c or "model_not" in c:
         return "not_found"
@@ -241,6 +242,16 @@ class StreamingProvider:
     def _status_error(self, status: int, body: bytes, headers: httpx.Headers) -> UpstreamError:
         detail, code = describe_error_body(body)
         suffix = f": {detail.rstrip('. ')}" if detail else ""
+        if status == 429 or kind_for_code(code) == "rate_limited":
+            # DashScope's throttling codes mean a rate limit whatever the status.
+            retry = parse_retry_after(headers.get("retry-after"))
+            return self._error(
+                "rate_limited",
+                f"Rate limited (HTTP {status}){suffix}",
+                status=status,
+                code=code,
+                retry_after=retry,
+            )
         if status == 400:
             return self._error(
                 "bad_request", f"Bad request (HTTP 400){suffix}", status=status, code=code
@@ -254,15 +265,6 @@ class StreamingProvider:
         if status == 404:
             msg = f"Model {self.model!r} or endpoint not found (HTTP 404){suffix}. Check `model` and the base URL."
             return self._error("not_found", msg, status=status, code=code)
-        if status == 429:
-            retry = parse_retry_after(headers.get("retry-after"))
-            return self._error(
-                "rate_limited",
-                f"Rate limited (HTTP 429){suffix}",
-                status=status,
-                code=code,
-                retry_after=retry,
-            )
         if status >= 500:
             return self._error(
                 "server", f"Upstream server error (HTTP {status}){suffix}", status=status, code=code

@@ -19,7 +19,13 @@ from typing import Any
 
 import httpx
 
-from qwen_lsp.providers.base import StreamEvent, TextDelta, UpstreamRequest, Usage
+from qwen_lsp.providers.base import (
+    StreamEvent,
+    TextDelta,
+    UpstreamRequest,
+    Usage,
+    usage_from_counts,
+)
 from qwen_lsp.providers.http import StreamingProvider
 
 
@@ -27,12 +33,8 @@ def usage_from_openai(raw: Any) -> Usage | None:
     """``usage`` of a chunk or body -> Usage (cached tokens may be missing)."""
     if not isinstance(raw, dict):
         return None
-    details = raw.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return Usage(
-        prompt_tokens=int(raw.get("prompt_tokens") or 0),
-        completion_tokens=int(raw.get("completion_tokens") or 0),
-        cached_tokens=int(cached or 0),
+    return usage_from_counts(
+        raw.get("prompt_tokens"), raw.get("completion_tokens"), raw.get("prompt_tokens_details")
     )
 
 

@@ -102,6 +102,21 @@ def test_check_reports_settings_redacted_and_a_working_upstream(tmp_path) -> Non
     post = next(r for r in fake.requests if r.method == "POST")
     assert post.path.endswith("/chat/completions")
     assert post.json["messages"][-1]["partial"] is True
+    # What one typical request costs: 1,536 input + 40 output tokens of
+    # qwen3-coder-flash ($0.3 / $1.5 per million) without any cache hit.
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("cost of a typical"))
+    no_hit = (1536 * 0.3 + 40 * 1.5) / 1e6
+    assert f"{no_hit:.6f} USD with no cache hit" in line
+    assert "explicit cache hit on 90%" in line and "contextCache policy" in line
+
+
+def test_check_says_when_the_model_has_no_price(tmp_path) -> None:
+    with FakeUpstream(Reply(text="a + b")) as fake:
+        env = server_env(tmp_path, DASHSCOPE_API_KEY="sk-check-secret-123456789",
+                         QWEN_LSP_BASE_URL=fake.openai_base, QWEN_LSP_MODEL="my-model")
+        res = _run(["check"], env)
+    assert res.returncode == 0, res.stderr
+    assert "no price known for model 'my-model'; set `prices`" in res.stdout
 
 
 def test_check_fails_with_the_cause_on_a_rejected_key(tmp_path) -> None:

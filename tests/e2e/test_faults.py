@@ -56,7 +56,7 @@ HTTP_FAULTS: list[tuple[str, Reply, str, tuple[str, ...]]] = [
     ("401", Reply(status=401), "auth", ("HTTP 401", "API key", "region")),
     ("403", Reply(status=403), "auth", ("HTTP 403", "API key", "region")),
     ("404", Reply(status=404), "not_found", ("HTTP 404", "model")),
-    ("429", Reply(status=429, headers={"Retry-After": "1"}), "rate_limited", ("HTTP 429",)),
+    ("429", Reply(status=429, headers={"Retry-After": "0"}), "rate_limited", ("HTTP 429",)),
     ("500", Reply(status=500), "server", ("HTTP 500",)),
     ("502", Reply(status=502, error={"message": "bad gateway"}), "server", ("HTTP 502",)),
     ("503", Reply(status=503), "server", ("HTTP 503",)),
@@ -76,7 +76,8 @@ async def test_each_http_fault_answers_empty_and_is_explained(tmp_path: Path) ->
     """One server meets every HTTP-level fault in turn and keeps working.
 
     Manual (invoked) requests are used because they bypass the pause that
-    rate limits and repeated failures impose, so every fault reaches the upstream.
+    repeated failures impose, so every fault reaches the upstream; they honour
+    a rate limit, so the 429 here says Retry-After: 0.
     """
     with FakeUpstream(Reply(text="ok")) as fake:
         client = await start_client(openai_env(tmp_path, fake.openai_base))

@@ -140,3 +140,76 @@ def test_cli_serves() -> None:
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def _blocks(*texts: str, marks: tuple[int, ...]) -> list[dict]:
+    out = []
+    for i, text in enumerate(texts):
+        block: dict = {"type": "text", "text": text}
+        if i in marks:
+            block["cache_control"] = {"type": "ephemeral"}
+        out.append(block)
+    return out
+
+
+def _details(fake: FakeUpstream, texts: tuple[str, ...], marks: tuple[int, ...]) -> dict:
+    body = {"model": "m", "messages": [{"role": "user", "content": _blocks(*texts, marks=marks)}]}
+    resp = post(fake.openai_base + "/chat/completions", body)
+    assert resp.status_code == 200, resp.text
+    return resp.json()["usage"]["prompt_tokens_details"]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_explicit_cache_create_hit_lookback_and_expiry(fake_upstream: FakeUpstream) -> None:
+    clock = _Clock()
+    fake_upstream.clock = clock
+    big = "word " * 600  # 1,200 tokens
+    a, b, c = big, "tail one ", "tail two "
+    first = _details(fake_upstream, (a, b), marks=(0,))
+    assert first == {"cached_tokens": 0, "cache_type": "ephemeral",
+                     "cache_creation_input_tokens": count_tokens(a),
+                     "cache_creation": {"ephemeral_5m_input_tokens": count_tokens(a)}}
+    # A later marker looks back over the blocks before it and finds the cache,
+    # then caches its own, longer prefix (only the new tokens are created).
+    second = _details(fake_upstream, (a, b, c), marks=(2,))
+    assert second["cached_tokens"] == count_tokens(a)
+    assert second["cache_creation_input_tokens"] == count_tokens(b + c)
+    # Each hit resets the 5-minute life; an unused cache expires.
+    clock.now += 299
+    assert _details(fake_upstream, (a, "x"), marks=(0,))["cached_tokens"] == count_tokens(a)
+    clock.now += 299
+    assert _details(fake_upstream, (a, "y"), marks=(0,))["cached_tokens"] == count_tokens(a)
+    # The longer cache was not hit for 598 s and expired; the look-back finds
+    # the shorter one the hits kept alive.
+    assert _details(fake_upstream, (a, b, c), marks=(2,))["cached_tokens"] == count_tokens(a)
+    clock.now += 301
+    assert fake_upstream.explicit_caches() == 0
+    assert _details(fake_upstream, (a, b), marks=(0,))["cached_tokens"] == 0
+
+
+def test_explicit_cache_minimum_markers_and_modes(fake_upstream: FakeUpstream) -> None:
+    small = "word " * 100
+    for _ in range(2):  # below 1,024 tokens nothing is created
+        details = _details(fake_upstream, (small, "x"), marks=(0,))
+        assert details["cached_tokens"] == 0 and details["cache_creation_input_tokens"] == 0
+    assert fake_upstream.explicit_caches() == 0
+    body = {"model": "m", "messages": [{"role": "user", "content": _blocks(
+        *(["word "] * 5), marks=(0, 1, 2, 3, 4))}]}
+    resp = post(fake_upstream.openai_base + "/chat/completions", body)
+    assert resp.status_code == 400 and "cache_control" in resp.json()["error"]["message"]
+    # A request without markers uses the implicit cache, and marked requests
+    # do not feed it.
+    long = "z " * CACHE_MIN_TOKENS
+    _details(fake_upstream, (long + "a",), marks=(0,))
+    plain = {"model": "m", "messages": [{"role": "user", "content": long + "b"}]}
+    usage = post(fake_upstream.openai_base + "/chat/completions", plain).json()["usage"]
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 0}
+    usage = post(fake_upstream.openai_base + "/chat/completions", plain).json()["usage"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] >= count_tokens(long)

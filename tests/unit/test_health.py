@@ -87,7 +87,7 @@ def test_breaker_opens_after_threshold_and_half_opens_after_the_pause() -> None:
     h.success()
     assert h.allow() and h.state == "healthy" and h.consecutive == 0
     assert h.describe() == {"state": "healthy", "pausedForSeconds": 0.0,
-                            "consecutiveFailures": 0}
+                            "consecutiveFailures": 0, "message": ""}
 
 
 def test_success_resets_the_failure_count() -> None:
@@ -115,4 +115,39 @@ def test_request_errors_do_not_open_the_breaker() -> None:
     h, _ = _health()
     for kind in ("bad_request", "not_found") * 5:
         h.failure(UpstreamError(kind, "no"))
+    assert h.allow()
+
+
+def test_manual_requests_honour_a_rate_limit() -> None:
+    h, clock = _health()
+    h.failure(_rate_limited(4.0))
+    for _ in range(10):
+        assert not h.allow(manual=True) and not h.acquire(manual=True)
+    assert h.message() == "rate-limited, retrying in 4 s"
+    clock.now += 4.0
+    # After the pause exactly one call finds out whether the limit is over.
+    assert h.acquire(manual=True)
+    assert not h.allow(manual=True) and not h.allow()
+    h.failure(_rate_limited(4.0))
+    assert not h.allow(manual=True)
+    clock.now += 4.0
+    assert h.acquire()
+    h.success()
+    assert h.allow() and h.acquire() and h.acquire()  # healthy: no single-call rule
+
+
+def test_manual_requests_may_try_while_the_breaker_is_open() -> None:
+    h, clock = _health()
+    err = UpstreamError("server", "HTTP 503", status=503)
+    for _ in range(BREAKER_THRESHOLD):
+        h.failure(err)
+    assert h.state == "open" and not h.allow() and not h.acquire()
+    assert h.message().startswith("upstream failing, retrying in ")
+    # The user asked: asking does not make a failing upstream worse.
+    assert h.acquire(manual=True) and h.acquire(manual=True)
+    h.failure(UpstreamError("auth", "HTTP 401", status=401))
+    assert not h.allow() and h.allow(manual=True)
+    clock.now += 10 * MAX_BACKOFF
+    assert h.acquire() and not h.allow()  # half-open: one automatic call at a time
+    h.release()
     assert h.allow()

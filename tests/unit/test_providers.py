@@ -583,3 +583,72 @@ async def test_aclose_when_idle_cuts_streams_after_the_grace(fake_upstream: Fake
         await asyncio.wait_for(task, 10.0)
     assert await asyncio.to_thread(fake_upstream.wait_until_finished, 5.0)
     assert fake_upstream.requests[0].aborted
+
+
+def _marked_chat(code: str) -> UpstreamRequest:
+    """A block-layout chat whose first user block is big and marked."""
+    return UpstreamRequest(
+        messages=[
+            {"role": "system", "content": [{"type": "text", "text": "Complete the code."}]},
+            {"role": "user", "content": [
+                {"type": "text", "text": code, "cache_control": {"type": "ephemeral"}},
+                {"type": "text", "text": "Complete the line."},
+            ]},
+            {"role": "assistant", "content": "x = ", "partial": True},
+        ],
+        max_tokens=16,
+        temperature=0.0,
+    )
+
+
+@pytest.mark.parametrize("api", ["openai", "native"])
+async def test_explicit_cache_usage_is_read_by_class(fake_upstream: FakeUpstream,
+                                                      api: str) -> None:
+    fake_upstream.reply = Reply(text="1")
+    provider = openai(fake_upstream) if api == "openai" else native(fake_upstream)
+    code = "value = compute(1, 2)\n" * 200
+    first = _marked_chat(code)
+    _, events = await collect(provider, first)
+    created = events[-1]
+    marked = count_tokens("Complete the code." + code)
+    assert created.cache_creation_tokens == marked and created.explicit_cached_tokens == 0
+    assert created.cached_tokens == 0  # no implicit discount with markers
+    assert created.standard_tokens == created.prompt_tokens - marked
+    _, events = await collect(provider, first)
+    hit = events[-1]
+    assert hit.explicit_cached_tokens == marked and hit.cache_creation_tokens == 0
+    details = fake_upstream.requests[-1].bill
+    assert details["explicit"] == marked and details["implicit"] == 0
+    await provider.aclose()
+
+
+def test_usage_details_of_both_cache_modes() -> None:
+    from qwen_lsp.providers.base import usage_from_counts
+
+    implicit = usage_from_counts(3000, 20, {"cached_tokens": 2048})
+    assert (implicit.cached_tokens, implicit.explicit_cached_tokens) == (2048, 0)
+    created = usage_from_counts(3564, 23, {
+        "cache_creation": {"ephemeral_5m_input_tokens": 3550},
+        "cache_creation_input_tokens": 3550, "cache_type": "ephemeral", "cached_tokens": 0})
+    assert created.cache_creation_tokens == 3550 and created.standard_tokens == 14
+    only_breakdown = usage_from_counts(100, 1, {"cache_creation": {
+        "ephemeral_5m_input_tokens": 60}, "cache_type": "ephemeral"})
+    assert only_breakdown.cache_creation_tokens == 60
+    hit = usage_from_counts(1507, 267, {"cached_tokens": 1486, "cache_type": "ephemeral",
+                                       "cache_creation_input_tokens": 0})
+    assert hit.explicit_cached_tokens == 1486 and hit.cached_tokens == 0
+    odd = usage_from_counts("x", None, {"cached_tokens": -5, "cache_type": 3})
+    assert odd == Usage(0, 0, 0)
+
+
+@pytest.mark.parametrize(("status", "native_body"), [(503, True), (400, False), (429, True)])
+async def test_throttling_codes_are_rate_limits_whatever_the_status(
+        fake_upstream: FakeUpstream, status: int, native_body: bool) -> None:
+    error = ({"code": "Throttling.RateQuota", "message": "Requests rate limit exceeded"}
+             if native_body else
+             {"error": {"message": "Too many requests", "type": "limit_requests",
+                        "code": "limit_requests"}})
+    fake_upstream.reply = Reply(status=status, error=error, headers={"Retry-After": "7"})
+    err, _ = await error_of(openai(fake_upstream), CHAT)
+    assert err.kind == "rate_limited" and err.retry_after == 7.0 and err.status == status
+    assert f"Rate limited (HTTP {status})" in err.message

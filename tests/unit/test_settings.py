@@ -585,3 +585,47 @@ def test_load_never_raises(init: dict[str, Any], workspace: Any) -> None:
     assert isinstance(s, Settings)
     assert all(isinstance(p, str) for p in problems)
     assert 1 <= s.max_tokens <= 4096 and 0.0 <= s.temperature <= 2.0
+
+
+# --- context cache, prices, token budget -------------------------------------------------
+
+
+@pytest.mark.parametrize(("provider", "model", "mode", "setting", "expected"), [
+    ("dashscope", "qwen3-coder-flash", "auto", "auto", "policy"),
+    ("dashscope", "qwen3-coder-plus-2025-07-22", "partial", "auto", "policy"),
+    ("dashscope", "qwen-plus", "auto", "auto", "implicit"),  # no explicit cache documented
+    ("openai", "qwen3-coder-flash", "partial", "auto", "implicit"),  # not DashScope
+    ("openai", "x", "partial", "explicit", "explicit"),  # the user's choice
+    ("dashscope", "qwen3-coder-flash", "auto", "implicit", "implicit"),
+    ("openai", "x", "fim", "explicit", "implicit"),  # FIM has no content blocks
+])
+def test_context_cache_mode(provider: str, model: str, mode: str, setting: str,
+                            expected: str) -> None:
+    s = Settings(provider=provider, model=model, mode=mode, context_cache=setting)
+    assert s.context_cache_mode() == expected
+
+
+def test_prices_and_budget_from_every_layer(tmp_path: Path) -> None:
+    s, problems = load(
+        tmp_path,
+        env={**KEY_ENV, "QWEN_LSP_PRICES": '{"qwen3-coder-flash": {"input": 2, "output": 8}}',
+             "QWEN_LSP_MAX_TOKENS_PER_MINUTE": "20000"},
+        init={"contextCache": "EXPLICIT"},
+    )
+    assert problems == []
+    assert s.context_cache == "explicit" and s.max_tokens_per_minute == 20000
+    assert s.prices[0][0] == "qwen3-coder-flash" and s.prices[0][1].tiers[0].input == 2.0
+    data = s.redacted_dict()
+    json.dumps(data)
+    assert data["prices"]["qwen3-coder-flash"]["tiers"][0] == {"upTo": None, "input": 2.0,
+                                                               "output": 8.0}
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("contextCache", "always"), ("prices", {"m": {"input": -1, "output": 1}}),
+    ("prices", "not json"), ("maxTokensPerMinute", -5), ("maxTokensPerMinute", "lots"),
+])
+def test_bad_cost_settings_are_reported(tmp_path: Path, key: str, value: Any) -> None:
+    s, problems = load(tmp_path, env=KEY_ENV, init={key: value})
+    assert len(problems) == 1 and key in problems[0] and "expected" in problems[0]
+    assert s == load(tmp_path, env=KEY_ENV)[0]

@@ -18,13 +18,13 @@ let statusItem: vscode.StatusBarItem | undefined;
 let serverState: { state: string; message: string } = { state: 'ok', message: '' };
 
 // The status bar shows whether completions are on and the server's last
-// qwen/status notification ({state: "ok" | "error", message}).
+// qwen/status notification ({state: "ok" | "error" | "paused" | "starting", message}).
 function renderStatus(): void {
   if (!statusItem) {
     return;
   }
   const on = vscode.workspace.getConfiguration('qwen').get<boolean | null>('enabled') !== false;
-  const failing = serverState.state === 'error';
+  const failing = serverState.state === 'error' || serverState.state === 'paused';
   statusItem.text = !on ? '$(circle-slash) Qwen' : failing ? '$(warning) Qwen' : '$(sparkle) Qwen';
   statusItem.tooltip = !on
     ? 'Qwen completions are off (click to turn on)'
