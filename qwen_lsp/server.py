@@ -659,6 +659,8 @@ def create_server() -> QwenServer:
             "problems": list(ls.problems),
             "upstream": ls.engine.health.describe() if ls.engine else None,
             "localEngine": ls.backend.describe(),
+            # Where the user is, as far as the server knows (warm-up target).
+            "place": None if ls.place is None else {"uri": ls.place[0], "offset": ls.place[1]},
             "localCache": ls.engine.view.describe() | {
                 "warmUpRunning": ls.warmer.running, "warmUpSteps": ls.warmer.steps,
             } if ls.engine and ls.engine.view else None,

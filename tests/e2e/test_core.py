@@ -297,3 +297,34 @@ def _items(result: object) -> list:
     if isinstance(result, list):
         return result
     return list(getattr(result, "items", None) or [])
+
+
+async def test_cursor_notifications_and_edits_tell_the_server_where_the_user_is(tmp_path) -> None:
+    """qwen/cursor (sent by editors/vscode and editors/nvim) and edits move the place
+    the local engine warms up; a malformed notification changes nothing."""
+    from tests.harness import status
+
+    uri = "file:///work/proj/place.py"
+    client = await start_client(openai_env(tmp_path, "http://127.0.0.1:9/v1"))
+    try:
+        open_doc(client, uri, "x = 1\ny = 'héllo'\n")
+        opened = (await status(client))["place"]
+        client.protocol.notify("qwen/cursor", {"textDocument": {"uri": uri},
+                                               "position": {"line": 1, "character": 5}})
+        moved = (await status(client))["place"]
+        client.protocol.notify("qwen/cursor", {"textDocument": {"uri": uri}, "position": "x"})
+        client.protocol.notify("qwen/cursor", {"textDocument": {"uri": "file:///nope.py"},
+                                               "position": {"line": 0, "character": 0}})
+        ignored = (await status(client))["place"]
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+            content_changes=[types.TextDocumentContentChangePartial(
+                range=types.Range(start=types.Position(line=0, character=5),
+                                  end=types.Position(line=0, character=5)), text="00")]))
+        edited = (await status(client))["place"]
+    finally:
+        await stop_client(client)
+    assert opened == {"uri": uri, "offset": 0}
+    assert moved == {"uri": uri, "offset": 6 + 5}
+    assert ignored == moved
+    assert edited == {"uri": uri, "offset": 7}  # after the inserted "00"

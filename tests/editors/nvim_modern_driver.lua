@@ -188,6 +188,18 @@ script = coroutine.create(function()
   result.tab_mapping = vim.fn.maparg('<Tab>', 'i', false, true).desc or vim.NIL
   local line = vim.api.nvim_buf_get_lines(0, row - 1, row, false)[1]
   vim.api.nvim_win_set_cursor(0, { row, #line })
+  -- setup() reports where the cursor settles (qwen/cursor): the server says
+  -- where it believes the user is in qwen.status.
+  wait('the server to hear where the cursor is', function()
+    local reply = client:request_sync('workspace/executeCommand',
+      { command = 'qwen.status', arguments = {} }, 1000, 0)
+    local place = reply and reply.result and reply.result.place
+    if type(place) == 'table' and place.offset > 0 then
+      result.place_offset = place.offset
+      return true
+    end
+    return false
+  end)
   feed('A' .. typed)
   wait('insert mode and the typed text', function()
     return vim.fn.mode() == 'i' and vim.api.nvim_get_current_line() == line .. typed

@@ -151,5 +151,10 @@ def test_inline_completion_tab_inserts_exact_text(
     check(result, case, fake)
     assert result["inline_enabled"] is True, result
     assert result["tab_mapping"] == "qwen-lsp: accept suggestion", result
+    # setup() sent qwen/cursor where the cursor settled: in normal mode, on the last
+    # character of the case's line (after its non-ASCII text: encodings must agree).
+    lines = case.before.split("\n")
+    assert result["place_offset"] == sum(len(t) + 1 for t in lines[: case.line]) + len(
+        lines[case.line]) - 1, result
     # The ghost text is the suggestion (first line inline, the rest below).
     assert result["ghost"]["lines"] == case.reply.split("\n"), result["ghost"]

@@ -197,7 +197,30 @@ function M.show_message(_, params, ctx)
   return vim.NIL
 end
 
+-- Where the cursor settles (no move for 150 ms) is sent as qwen/cursor: the
+-- server warms its local engine up there, so the first suggestion after a
+-- jump comes quickly.
+local function report_cursor(client, bufnr)
+  local timer = assert(vim.uv.new_timer())
+  vim.api.nvim_create_autocmd({ 'CursorMoved', 'CursorMovedI' }, {
+    buffer = bufnr,
+    group = vim.api.nvim_create_augroup('qwen_lsp_cursor_' .. bufnr, { clear = true }),
+    callback = function()
+      timer:stop()
+      timer:start(150, 0, vim.schedule_wrap(function()
+        if client:is_stopped() or not vim.api.nvim_buf_is_valid(bufnr)
+            or vim.api.nvim_get_current_buf() ~= bufnr then
+          return
+        end
+        local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
+        client:notify('qwen/cursor', params)
+      end))
+    end,
+  })
+end
+
 local function on_attach_modern(client, bufnr, opts)
+  report_cursor(client, bufnr)
   local triggers = client.server_capabilities.completionProvider
   if triggers and #opts.extra_trigger_characters > 0 then
     triggers.triggerCharacters = vim.list_extend(
