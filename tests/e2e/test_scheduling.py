@@ -185,7 +185,9 @@ async def test_every_request_of_a_burst_is_answered(tmp_path) -> None:
         finally:
             await stop_client(client)
     assert len(results) == len(text)
-    assert stats["requests"] == len(text)
+    # Each reached the engine, or was skipped because the next key had already
+    # arrived and put its cursor inside a word (the editor moves on anyway).
+    assert stats["requests"] + stats["skipped"] == len(text)
     # Superseded requests answer empty; the burst costs far fewer upstream calls.
     assert stats["upstreamRequests"] < len(text) / 2
 
