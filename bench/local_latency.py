@@ -36,15 +36,31 @@ SAMPLE = ROOT / "examples" / "sample.py"
 START, END = "<!-- local-latency:start -->", "<!-- local-latency:end -->"
 
 
-def _cli(cache_home: Path) -> float:
+def _cli(cache_home: Path, location: str = f"{SAMPLE}:5:5") -> float:
     env = server_env(Path(tempfile.mkdtemp()), XDG_CACHE_HOME=str(cache_home))
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "qwen_lsp", "complete", f"{SAMPLE}:5:5"],
+    res = subprocess.run([sys.executable, "-m", "qwen_lsp", "complete", location],
                          env=env, capture_output=True, text=True, timeout=600, check=False)
     elapsed = time.perf_counter() - t0
     if res.returncode != 0:
-        raise SystemExit(f"complete failed ({res.returncode}): {res.stderr[-500:]}")
+        raise SystemExit(f"complete {location} failed ({res.returncode}): {res.stderr[-500:]}")
     return elapsed
+
+
+def real_file_locations() -> list[str]:
+    """Blank lines inside functions and ends of code lines, spread over real modules."""
+    import sysconfig
+
+    out = []
+    for name in ("argparse.py", "tarfile.py", "difflib.py"):
+        path = Path(sysconfig.get_paths()["stdlib"]) / name
+        lines = path.read_text(encoding="utf-8").split("\n")
+        for frac in (0.3, 0.7):
+            i = int(len(lines) * frac)
+            while not (lines[i].strip() and lines[i + 1].startswith("        ")):
+                i += 1
+            out.append(f"{path}:{i + 1}:{len(lines[i]) + 1}")  # end of a code line
+    return out
 
 
 SNIPPETS = [
@@ -88,6 +104,7 @@ def main() -> None:
     firsts = [_cli(Path(tempfile.mkdtemp(prefix="qwen-bench-fresh-"))) for _ in range(args.runs)]
     _cli(shared_cache)  # assemble once for the warm runs
     warms = [_cli(shared_cache) for _ in range(args.runs)]
+    real = [_cli(shared_cache, loc) for loc in real_file_locations()]
     session_first, session_warm = asyncio.run(_session(shared_cache))
     med = statistics.median
     rows = [
@@ -95,6 +112,9 @@ def main() -> None:
          max(firsts), len(firsts)),
         ("CLI `qwen-lsp complete`, model cached (engine starts per run)", med(warms), min(warms),
          max(warms), len(warms)),
+        (("CLI `qwen-lsp complete` on argparse/tarfile/difflib.py (2,000-2,900 lines), two "
+         "places each, model cached (engine starts per run)"), med(real), min(real), max(real),
+         len(real)),
         ("Editor session: server start to first inline completion", session_first,
          session_first, session_first, 1),
         ("Editor session: later completions, engine warm", med(session_warm), min(session_warm),
