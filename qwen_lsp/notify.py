@@ -3,7 +3,10 @@
 A failing upstream would otherwise raise the same error on every keystroke.
 ``window/showMessage`` goes out at most once per kind of problem per
 ``interval`` seconds; every occurrence still goes to ``window/logMessage``.
-A ``qwen/status`` notification carries the state an editor can display.
+A ``qwen/status`` notification carries the state an editor can display:
+``"error"`` while the upstream fails, ``"paused"`` while completions are held
+back (rate limit, breaker, token budget), ``"warning"`` while the settings have a
+problem, ``"ok"`` once none holds (``"starting"`` while a local engine starts).
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ class Notifier:
         self._timeouts = 0  # in a row
         self._timeout_shown = False  # once per session
         self._last_paused = ""
+        self._upstream = ("error", "")  # the status while the upstream is unwell
+        self._settings_message: str | None = None
         self._progress_token: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -101,16 +106,34 @@ class Notifier:
         self._send(lambda: self._ls.protocol.notify(
             "qwen/status", {"state": state, "message": message}))
 
+    def _publish(self) -> None:
+        """Send the state the two sources of trouble add up to."""
+        if self._unhealthy:
+            self.status(*self._upstream)
+        elif self._settings_message is not None:
+            self.status("warning", self._settings_message)
+        else:
+            self.status("ok", "completions available")
+
     # -- events ------------------------------------------------------------------
     def problems(self, problems: list[str]) -> None:
-        text = "settings: " + " | ".join(problems)
-        self.show_once("settings:" + text, types.MessageType.Warning, text)
+        """The problems of the settings as now read; an empty list clears the warning."""
+        text = "settings: " + " | ".join(problems) if problems else None
+        if text is not None:
+            self.show_once("settings:" + text, types.MessageType.Warning, text)
+        elif self._settings_message is not None:
+            self.log(types.MessageType.Info, "settings: the problems reported earlier are gone")
+        if text != self._settings_message:
+            self._settings_message = text
+            self._publish()
 
     def timeout(self, message: str) -> None:
         """A completion ran out of its time box (with or without a partial answer)."""
         self._timeouts += 1
         self.log(types.MessageType.Warning, message)
-        self.status("error", message)
+        self._unhealthy = True  # until a completion succeeds again
+        self._upstream = ("error", message)
+        self._publish()
         if self._timeouts >= PERSISTENT_TIMEOUTS and not self._timeout_shown:
             self._timeout_shown = True
             fix = _FIXES["timeout"]
@@ -122,7 +145,6 @@ class Notifier:
     def upstream_error(self, err: UpstreamError) -> None:
         if err.kind == "timeout":
             self.timeout(err.message)
-            self._unhealthy = True
             return
         fix = _FIXES.get(err.kind, "")
         # Providers already name the fix for some errors ("Check the API key…").
@@ -132,7 +154,8 @@ class Notifier:
         } else types.MessageType.Error
         self.show_once(f"upstream:{err.kind}", level, message)
         self._unhealthy = True
-        self.status("error", message)
+        self._upstream = ("error", message)
+        self._publish()
 
     def paused(self, message: str) -> None:
         """Completions are held back (rate limit, breaker, token budget): say
@@ -142,7 +165,8 @@ class Notifier:
             return
         self._last_paused = message
         self._unhealthy = True
-        self.status("paused", message)
+        self._upstream = ("paused", message)
+        self._publish()
 
     def upstream_ok(self) -> None:
         self._timeouts = 0
@@ -150,7 +174,7 @@ class Notifier:
         if self._unhealthy:
             self._unhealthy = False
             self.log(types.MessageType.Info, "upstream is healthy again")
-            self.status("ok", "completions available")
+            self._publish()
 
     def engine_progress(self, message: str, fraction: float | None) -> None:
         """Local engine start-up: work-done progress in the editor."""

@@ -52,7 +52,7 @@ from qwen_lsp.prompt_cache import (
 )
 from qwen_lsp.prompts import fim_prompt
 from qwen_lsp.providers.base import UpstreamError
-from qwen_lsp.settings import NO_BACKEND_MESSAGE, Settings, load_settings
+from qwen_lsp.settings import Settings, load_settings
 from qwen_lsp.warmup import Warmer
 
 log = logging.getLogger("qwen_lsp")
@@ -163,6 +163,11 @@ class QwenServer(LanguageServer):
         # Set once the first workspace/configuration answer is in (or known
         # not to come), so the first completion uses the user's settings.
         self.config_ready = asyncio.Event()
+        # Problems are judged only on the settings the user really has: after
+        # initializationOptions and the first workspace/configuration answer
+        # (or once it is known not to come). Before that, a backend set only
+        # in the editor's settings would look missing.
+        self.settings_read = False
 
     def report_server_error(self, error: Exception, source: Any) -> None:
         # pygls pops up "Error in server" for every malformed message a client
@@ -189,7 +194,7 @@ class QwenServer(LanguageServer):
         self.backend.settings = settings
         self._files.clear()
         self.problems = problems
-        if problems:
+        if self.settings_read:
             self.notifier.problems(problems)
         config = self._engine_config(settings)
         if self.engine is None:
@@ -537,9 +542,10 @@ def create_server() -> QwenServer:
             await _pull_configuration(ls)
         finally:
             ls.config_ready.set()
-        if ls.settings.provider is None:
-            ls.notifier.show_once("no-backend", types.MessageType.Warning, NO_BACKEND_MESSAGE)
-        elif ls.settings.provider == "local" and ls.settings.enabled:
+            # A missing backend is one of the problems (NO_BACKEND_MESSAGE).
+            ls.settings_read = True
+            ls.notifier.problems(ls.problems)
+        if ls.settings.provider == "local" and ls.settings.enabled:
             # Start the embedded engine now so the first keystroke doesn't wait.
             asyncio.get_running_loop().create_task(_warm_local(ls))
 

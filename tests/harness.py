@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,17 @@ async def start_client(
     init_options: dict[str, Any] | None = None,
     root: Path | None = None,
     configuration: dict[str, Any] | None = None,
+    notifications: Mapping[str, Callable[[Any], None]] | None = None,
 ) -> LanguageClient:
+    """A started, initialized client; ``notifications`` (method -> handler) are
+    registered before ``initialize``, so none sent right after it is missed."""
     config = ClientServerConfig(
         server_command=[sys.executable, "-m", "qwen_lsp"], server_env=dict(env)
     )
     client = await config.start()
     assert isinstance(client, LanguageClient)
+    for method, handler in (notifications or {}).items():
+        client.feature(method)(handler)
     if configuration is not None:
         client.set_configuration(configuration)
     caps = client_capabilities(capabilities) if isinstance(capabilities, str) else capabilities

@@ -18,13 +18,16 @@ let statusItem: vscode.StatusBarItem | undefined;
 let serverState: { state: string; message: string } = { state: 'ok', message: '' };
 
 // The status bar shows whether completions are on and the server's last
-// qwen/status notification ({state: "ok" | "error" | "paused" | "starting", message}).
+// qwen/status notification ({state: "ok" | "starting" | "paused" | "warning" |
+// "error", message}): a warning sign while the upstream fails or holds
+// completions back, or the settings have a problem, until the server reports
+// "ok" again.
 function renderStatus(): void {
   if (!statusItem) {
     return;
   }
   const on = vscode.workspace.getConfiguration('qwen').get<boolean | null>('enabled') !== false;
-  const failing = serverState.state === 'error' || serverState.state === 'paused';
+  const failing = ['error', 'paused', 'warning'].includes(serverState.state);
   statusItem.text = !on ? '$(circle-slash) Qwen' : failing ? '$(warning) Qwen' : '$(sparkle) Qwen';
   statusItem.tooltip = !on
     ? 'Qwen completions are off (click to turn on)'
