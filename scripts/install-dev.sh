@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs on a fresh Debian 12 machine:
 # the package with its local engine and test extras, the editors the
-# real-client tests drive, and the VS Code client stack for the node test.
+# real-client tests drive, the VS Code client stack for the node test, and
+# code-server with chromium for the real VS Code test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,4 +23,6 @@ python3 -m pip install -q -e ".[local,test]"
 
 if [ -f editors/vscode/package.json ] && command -v npm >/dev/null 2>&1; then
   (cd editors/vscode && npm ci --no-audit --no-fund --loglevel=error)
+  # The real VS Code (code-server) and the browser that drives it.
+  ./scripts/install-code-server.sh
 fi
