@@ -203,6 +203,22 @@ class Workbench:
         found = self.driver.find_elements(By.CSS_SELECTOR, css)
         return found[0] if found else None
 
+    def find_visible(self, css: str) -> Any:
+        """The first element matching ``css`` that is displayed, or None."""
+        return next((e for e in self.find_all(css) if e.is_displayed()), None)
+
+    def quick_input(self) -> Any:
+        """The input box of the command palette / Quick Open, once it is shown and focused."""
+        box = self.find_visible(".quick-input-widget input")
+        focused = box is not None and self.driver.execute_script(
+            "return document.activeElement === arguments[0];", box)
+        return box if focused else None
+
+    def quick_choice(self) -> str:
+        """The text of the row Enter would pick in the palette / Quick Open."""
+        return "".join(self.texts(".quick-input-widget:not([style*='display: none']) "
+                                  ".quick-input-list .monaco-list-row.focused"))
+
     def find_all(self, css: str) -> list[Any]:
         from selenium.webdriver.common.by import By
 
@@ -284,12 +300,12 @@ class Workbench:
 
         self.keys(Keys.ESCAPE)
         self.keys(Keys.F1)
-        box = wait_for("the command palette", lambda: self.find(".quick-input-widget input"),
-                       timeout=10)
+        box = wait_for("the command palette", self.quick_input, timeout=30)
         box.send_keys(title)
-        wait_for(f"command {title!r} in the palette", lambda: any(
-            title in t for t in self.texts(".quick-input-list .monaco-list-row")), timeout=10)
+        wait_for(f"command {title!r} chosen in the palette",
+                 lambda: title in self.quick_choice(), timeout=30)
         box.send_keys(Keys.ENTER)
+        wait_for("the palette to close", lambda: self.quick_input() is None, timeout=30)
 
     def open_file(self, name: str) -> None:
         """Quick Open (Ctrl+P) the file and wait for its editor tab."""
@@ -297,13 +313,12 @@ class Workbench:
 
         self.keys(Keys.ESCAPE)
         self.chord(Keys.CONTROL, "p")
-        box = wait_for("quick open", lambda: self.find(".quick-input-widget input"), timeout=10)
+        box = wait_for("quick open", self.quick_input, timeout=30)
         box.send_keys(name)
-        wait_for(f"{name} in quick open", lambda: any(
-            name in t for t in self.texts(".quick-input-list .monaco-list-row")), timeout=10)
+        wait_for(f"{name} chosen in quick open", lambda: name in self.quick_choice(), timeout=30)
         box.send_keys(Keys.ENTER)
         wait_for(f"the editor of {name}", lambda: any(
-            name in t for t in self.texts(".tabs-container .tab.active")), timeout=10)
+            name in t for t in self.texts(".tabs-container .tab.active")), timeout=30)
         wait_for("the editor to have the focus", lambda: self.driver.execute_script(
             "return !!document.activeElement.closest('.monaco-editor')"), timeout=10)
 
