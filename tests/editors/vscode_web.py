@@ -117,7 +117,7 @@ class CodeServer:
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
     def write_settings(self, settings: dict[str, Any]) -> None:
-        """Replace User/settings.json (VS Code watches the file and applies changes)."""
+        """Write User/settings.json before the start (later changes: add_user_settings)."""
         self.settings_file.parent.mkdir(parents=True, exist_ok=True)
         # In place, as an editor saves it: a rename would end the watch on the file.
         self.settings_file.write_text(json.dumps(settings, indent=2, ensure_ascii=False),
