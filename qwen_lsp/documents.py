@@ -14,6 +14,8 @@ import bisect
 import re
 from dataclasses import dataclass, field
 
+from qwen_lsp.exclude import is_text
+
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 UTF8 = "utf-8"
@@ -93,6 +95,7 @@ class Document:
     language_id: str = ""
     _starts: list[int] | None = field(default=None, repr=False)
     _size_memo: tuple[int, int, int, bool] | None = field(default=None, repr=False)
+    _text_memo: tuple[int, int, bool] | None = field(default=None, repr=False)
 
     def larger_than(self, limit: int) -> bool:
         """Whether the UTF-8 text exceeds ``limit`` bytes (memoised per version)."""
@@ -103,6 +106,16 @@ class Document:
         above = utf8_size_above(self.text, limit)
         self._size_memo = (*key, above)
         return above
+
+    def is_text(self) -> bool:
+        """Whether the content is text, not binary (memoised per version)."""
+        key = (self.version, len(self.text))
+        memo = self._text_memo
+        if memo is not None and memo[:2] == key:
+            return memo[2]
+        text = is_text(self.text)
+        self._text_memo = (*key, text)
+        return text
 
     # -- lines ---------------------------------------------------------------
     @property

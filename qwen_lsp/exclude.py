@@ -1,11 +1,43 @@
-"""Files that must never be sent upstream (secrets, keys, VCS internals)."""
+"""Files that must never be sent upstream (secrets, keys, VCS internals, binaries)."""
 
 from __future__ import annotations
 
 import fnmatch
+import re
 import subprocess
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
+
+# How much of a file the text check looks at for stray bytes (a NUL is looked
+# for everywhere), and the share of them above which it is not text.
+TEXT_SAMPLE_CHARS = 65536
+MAX_NON_TEXT_SHARE = 0.3
+# Characters that text does not contain: C0 controls other than tab, line
+# breaks, form feed and escape, and U+FFFD, which stands for an undecodable
+# byte (in the editor's copy of a binary file, or in our own decoding).
+_NON_TEXT = re.compile("[\x01-\x08\x0e-\x1a\x1c-\x1f\ufffd]")
+
+
+def is_text(data: str | bytes) -> bool:
+    """Whether content is text that may be sent to a model.
+
+    Not text: anything with a NUL, or where more than ``MAX_NON_TEXT_SHARE``
+    of the first ``TEXT_SAMPLE_CHARS`` characters are invalid UTF-8 (U+FFFD
+    once decoded) or control characters. Takes the editor's already decoded
+    text (``str``) or a file's bytes; a legacy-encoded text file (Latin-1
+    accents) stays well below the share, random or compiled data far above.
+    """
+    if isinstance(data, bytes):
+        if b"\0" in data:
+            return False
+        sample = data[: TEXT_SAMPLE_CHARS].decode("utf-8", errors="replace")
+    else:
+        if "\0" in data:
+            return False
+        sample = data[:TEXT_SAMPLE_CHARS]
+    if not sample:
+        return True
+    return len(_NON_TEXT.findall(sample)) <= MAX_NON_TEXT_SHARE * len(sample)
 
 
 def _matches(parts: tuple[str, ...], rel: str, pattern: str) -> bool:

@@ -42,7 +42,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from qwen_lsp.context import Snippet
-from qwen_lsp.exclude import is_excluded
+from qwen_lsp.exclude import is_excluded, is_text
 
 MAX_SNIPPETS = 4  # chunks in one prompt (outlines are small)
 MAX_PER_FILE = 2
@@ -540,8 +540,8 @@ class _FileCache:
                 raw = handle.read(min(max_bytes, READ_CAP_BYTES))
         except OSError:
             return None
-        if b"\0" in raw[:4096]:
-            return None  # binary
+        if not is_text(raw):
+            return None
         chunks = chunk_text(rel, raw.decode("utf-8", errors="replace"))
         self._items[path] = (stamp, chunks)
         while len(self._items) > self._size:
@@ -618,6 +618,8 @@ class Neighbours:
                     continue
                 seen_paths.add(uri)
                 live = documents.get(uri)
+                if live is not None and not live.is_text():
+                    continue
                 if live is not None:
                     chunks = self._live_chunks(uri, live, path, root)
                 else:
@@ -668,7 +670,7 @@ class Neighbours:
             path = _uri_to_path(uri)
             if other is None or path is None:
                 continue
-            if len(other.text) > settings.max_file_bytes or excluded(path):
+            if len(other.text) > settings.max_file_bytes or excluded(path) or not other.is_text():
                 continue
             taken += 1
             yield path.resolve().as_uri(), self._live_chunks(uri, other, path, root)

@@ -332,7 +332,7 @@ class QwenServer(LanguageServer):
             timing.add(t)
             return None
         _rel, excluded = self._file_info(uri)
-        if excluded or doc.larger_than(s.max_file_bytes):
+        if excluded or doc.larger_than(s.max_file_bytes) or not doc.is_text():
             timing.add(t)
             return None
         self.user_at(uri, offset)
@@ -651,7 +651,7 @@ def create_server() -> QwenServer:
             data["tokensLastMinute"] = ls.engine.budget.used()
         data["provider"] = ls.settings.provider
         data["mode"] = ls.settings.effective_mode()
-        data["model"] = ls.settings.model
+        data["model"] = ls.settings.answering_model()
         data["localEngine"] = ls.backend.describe()
         # For leak checks: tasks alive on the server's loop (this one included).
         data["asyncioTasks"] = len(asyncio.all_tasks())
