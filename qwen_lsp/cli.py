@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qwen_lsp import __version__
 
@@ -152,6 +152,25 @@ def _parse_location(location: str) -> tuple[Path, int, int]:
     return Path(path_s), line, col
 
 
+def _location_problem(doc: Any, line: int, col: int) -> str | None:
+    """Why LINE:COL (1-based, columns in characters) is not a place in ``doc``.
+
+    The empty line after a final newline is a place to type, so it may be
+    addressed, but it is not counted as a line of the file.
+    """
+    last = doc.line_count  # includes that empty last line
+    lines = last - 1 if doc.text.endswith(("\n", "\r")) or not doc.text else last
+    if line > last:
+        noun = "line" if lines == 1 else "lines"
+        return f"the file has only {lines} {noun}; LINE must be 1 to {last}"
+    width = len(doc.line_text(line - 1))
+    if col > width + 1:
+        noun = "character" if width == 1 else "characters"
+        return (f"line {line} has {width} {noun}; COL must be 1 to {width + 1} "
+                "(the end of the line)")
+    return None
+
+
 def _progress_line(message: str, fraction: float | None) -> None:
     pct = "" if fraction is None else f" {int(fraction * 100):3d}%"
     print(f"qwen-lsp:{pct} {message}", file=sys.stderr, flush=True)
@@ -162,17 +181,21 @@ async def _complete(location: str, language: str | None) -> int:
     from qwen_lsp.context import CompletionContext, build_context
     from qwen_lsp.documents import UTF32, Document
     from qwen_lsp.engine import Engine, EngineConfig
-    from qwen_lsp.exclude import is_excluded
+    from qwen_lsp.exclude import is_excluded, is_text
     from qwen_lsp.prompt_cache import STATE_CACHE_BYTES, EngineView, fit_context
     from qwen_lsp.providers.base import UpstreamError
     from qwen_lsp.settings import NO_BACKEND_MESSAGE, load_settings
 
     try:
         path, line, col = _parse_location(location)
-        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+        raw = path.read_bytes()
     except (ValueError, OSError) as exc:
         print(f"qwen-lsp: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    if not is_text(raw):
+        print(f"qwen-lsp: {path} is not a text file; nothing is sent", file=sys.stderr)
+        return EXIT_NONE
+    text = raw.decode("utf-8", errors="surrogateescape")
     settings, problems = load_settings(env=os.environ)
     for p in problems:
         print(f"qwen-lsp: settings: {p}", file=sys.stderr)
@@ -184,8 +207,9 @@ async def _complete(location: str, language: str | None) -> int:
         print(f"qwen-lsp: {path} matches an exclude pattern; nothing is sent", file=sys.stderr)
         return EXIT_ERROR
     doc = Document(uri=path.resolve().as_uri(), text=text)
-    if line > doc.line_count:
-        print(f"qwen-lsp: {path} has only {doc.line_count} lines", file=sys.stderr)
+    problem = _location_problem(doc, line, col)
+    if problem:
+        print(f"qwen-lsp: {path}:{line}:{col}: {problem}", file=sys.stderr)
         return EXIT_ERROR
     offset = doc.offset_at(line - 1, col - 1, UTF32, strict=True)
 
@@ -237,9 +261,14 @@ async def _check() -> int:
     from qwen_lsp.settings import NO_BACKEND_MESSAGE, load_settings
 
     settings, problems = load_settings(env=os.environ)
-    print(json.dumps(settings.redacted_dict(), indent=2, sort_keys=True))
+    shown = settings.redacted_dict()
+    model = settings.answering_model()
+    # The local engine serves its own model whatever `model` says: show that one.
+    shown["model"] = model
+    print(json.dumps(shown, indent=2, sort_keys=True))
     print(f"effective mode: {settings.effective_mode()}")
     print(f"base URL: {settings.resolved_base_url() or '(local engine)'}")
+    print(f"model: {model}" + (" (local engine)" if settings.provider == "local" else ""))
     for p in problems:
         print(f"problem: {p}")
     if settings.provider is None:
@@ -274,9 +303,14 @@ async def _check() -> int:
         return EXIT_ERROR
     finally:
         await backend.aclose()
-    print(f"ok: {settings.provider} answered in {time.monotonic() - t0:.2f}s: {text.strip()!r}")
+    print(f"ok: {settings.provider} ({model}) answered in {time.monotonic() - t0:.2f}s: "
+          f"{text.strip()!r}")
     if settings.provider != "local":
         print(typical_cost(settings))
+    if problems:
+        noun = "problem" if len(problems) == 1 else "problems"
+        print(f"error: the settings have {len(problems)} {noun} (above)", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK
 
 

@@ -226,6 +226,20 @@ class Settings:
             return "policy"
         return "implicit"
 
+    def answering_model(self) -> str:
+        """The model that really answers.
+
+        The local engine serves its one GGUF file (``modelPath`` or the bundled
+        0.5B model) whatever ``model`` says; other providers use ``model``.
+        """
+        if self.provider != "local":
+            return self.model
+        if self.model_path:
+            return Path(self.model_path).expanduser().name
+        from qwen_lsp.providers.local_model import MODEL_FILENAME
+
+        return MODEL_FILENAME
+
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some fields replaced (no validation: for trusted callers)."""
         return dataclasses.replace(self, **changes)

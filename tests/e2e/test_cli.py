@@ -260,3 +260,75 @@ def test_unsupported_transports_are_refused_clearly(tmp_path, flag) -> None:
     res = _run([flag], server_env(tmp_path))
     assert res.returncode == 2
     assert "transport is not supported" in res.stderr and "--stdio" in res.stderr
+
+
+def test_complete_refuses_binary_files_without_a_request(tmp_path) -> None:
+    ls_copy = tmp_path / "ls.py"
+    ls_copy.write_bytes(Path("/bin/ls").read_bytes())
+    junk = tmp_path / "junk.py"  # no NUL, but mostly invalid UTF-8
+    junk.write_bytes(b"x = 1\n" + bytes(range(0x80, 0x100)) * 8)
+    with FakeUpstream(Reply(text="1")) as fake:
+        env = openai_env(tmp_path, fake.openai_base)
+        for f in (ls_copy, junk):
+            res = _run(["complete", f"{f}:1:1"], env)
+            assert res.returncode == 1, (f, res.stderr)
+            assert res.stdout == "" and "not a text file" in res.stderr, f
+        assert fake.requests == []
+
+
+def _eight_lines(tmp_path: Path) -> Path:
+    f = tmp_path / "eight.py"
+    f.write_text("".join(f"x{i} = {i}\n" for i in range(1, 9)), encoding="utf-8")
+    return f
+
+
+def test_complete_counts_lines_and_refuses_positions_outside_the_file(tmp_path) -> None:
+    f = _eight_lines(tmp_path)  # 8 lines, each "xN = N" (6 characters), final newline
+    with FakeUpstream(Reply(text="9")) as fake:
+        env = openai_env(tmp_path, fake.openai_base)
+        res = _run(["complete", f"{f}:99:1"], env)
+        assert res.returncode == 2
+        assert "has only 8 lines" in res.stderr and "LINE must be 1 to 9" in res.stderr
+        res = _run(["complete", f"{f}:2:8"], env)  # one past the end of the line
+        assert res.returncode == 2
+        assert "line 2 has 6 characters" in res.stderr and "COL must be 1 to 7" in res.stderr
+        res = _run(["complete", f"{f}:9:2"], env)  # the empty last line has one place
+        assert res.returncode == 2 and "line 9 has 0 characters" in res.stderr
+        assert fake.requests == []
+        # The end of a line, and the empty line after the final newline, are places to type.
+        res = _run(["complete", f"{f}:2:7"], env)
+        assert res.returncode == 0, res.stderr
+        res = _run(["complete", f"{f}:9:1"], env)
+        assert res.returncode == 0, res.stderr
+    prompts = [r.json["prompt"] for r in fake.requests if r.method == "POST"]
+    assert prompts[0].startswith("<|fim_prefix|>x1 = 1\nx2 = 2<|fim_suffix|>\nx3 = 3\n")
+    # After the whole file, with nothing below (the builder drops the final newline).
+    assert prompts[1].endswith("x7 = 7\nx8 = 8<|fim_suffix|><|fim_middle|>")
+
+
+def test_complete_counts_a_file_without_final_newline(tmp_path) -> None:
+    f = tmp_path / "two.py"
+    f.write_text("a = 1\nb = 2", encoding="utf-8")
+    res = _run(["complete", f"{f}:3:1"], openai_env(tmp_path, "http://127.0.0.1:9/v1"))
+    assert res.returncode == 2 and "has only 2 lines; LINE must be 1 to 2" in res.stderr
+
+
+def test_check_exits_non_zero_when_it_printed_a_problem(tmp_path) -> None:
+    with FakeUpstream(Reply(text="a + b")) as fake:
+        env = server_env(tmp_path, QWEN_LSP_PROVIDER="dashscope",
+                         QWEN_LSP_BASE_URL=fake.openai_base)
+        res = _run(["check"], env)
+    assert "problem: provider is dashscope but no API key is set" in res.stdout
+    assert "ok:" in res.stdout  # the endpoint answered; the problem still counts
+    assert res.returncode == 2
+    assert "1 problem" in res.stderr
+
+
+def test_check_shows_the_model_the_local_engine_serves(tmp_path) -> None:
+    gguf = tmp_path / "my-coder-q8.gguf"  # does not exist: the start fails after the report
+    env = server_env(tmp_path, QWEN_LSP_PROVIDER="local", QWEN_LSP_MODEL_PATH=str(gguf))
+    res = _run(["check"], env)
+    assert res.returncode != 0
+    assert '"model": "my-coder-q8.gguf"' in res.stdout
+    assert "model: my-coder-q8.gguf (local engine)" in res.stdout
+    assert "qwen3-coder-flash" not in res.stdout
