@@ -87,6 +87,34 @@ def utf8_size_above(text: str, limit: int) -> bool:
     return len(text.encode("utf-8", "surrogatepass")) > limit
 
 
+EDIT_LOG = 256
+
+
+def _common_prefix(a: str, b: str, limit: int) -> int:
+    lo, hi = 0, limit
+    while lo < hi:  # binary search: string comparisons run in C
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _changed_span(old: str, new: str) -> tuple[int, int, int]:
+    """The change from ``old`` to ``new`` as one span: (start, end in old, new length)."""
+    limit = min(len(old), len(new))
+    start = _common_prefix(old, new, limit)
+    lo, hi = 0, limit - start
+    while lo < hi:  # common suffix, not overlapping the prefix
+        mid = (lo + hi + 1) // 2
+        if old[len(old) - mid:] == new[len(new) - mid:]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return start, len(old) - lo, len(new) - lo - start
+
+
 @dataclass(slots=True)
 class Document:
     uri: str
@@ -96,6 +124,11 @@ class Document:
     _starts: list[int] | None = field(default=None, repr=False)
     _size_memo: tuple[int, int, int, bool] | None = field(default=None, repr=False)
     _text_memo: tuple[int, int, bool] | None = field(default=None, repr=False)
+    # Edits so far, and the last EDIT_LOG of them as (start, end, new length)
+    # code-point spans (None: a full replacement), so that an offset in an
+    # earlier text can be carried over to this one (see map_offset).
+    edit_count: int = 0
+    _edits: list[tuple[int, int, int] | None] = field(default_factory=list, repr=False)
 
     def larger_than(self, limit: int) -> bool:
         """Whether the UTF-8 text exceeds ``limit`` bytes (memoised per version)."""
@@ -171,9 +204,37 @@ class Document:
         return line, column_to_units(content, col, encoding)
 
     # -- edits ---------------------------------------------------------------
+    def _log(self, edit: tuple[int, int, int] | None) -> None:
+        self.edit_count += 1
+        self._edits.append(edit)
+        if len(self._edits) > EDIT_LOG:
+            del self._edits[: len(self._edits) - EDIT_LOG]
+
+    def map_offset(self, offset: int, since: int, since_text: str) -> int:
+        """Where ``offset`` into ``since_text`` (the text after ``since`` edits) is now.
+
+        A cursor moves with the text typed at it or before it; one inside a
+        replaced span ends up after the replacement. Edits older than the log,
+        or full replacements, are seen as one change: the span between the
+        common prefix and suffix of the two texts.
+        """
+        if since == self.edit_count:
+            return offset
+        back = self.edit_count - since
+        edits = self._edits[-back:] if 0 < back <= len(self._edits) else [None]
+        if any(e is None for e in edits):
+            edits = [_changed_span(since_text, self.text)]
+        for a, b, n in edits:  # type: ignore[misc]
+            if offset >= b:
+                offset += n - (b - a)
+            elif offset > a:
+                offset = a + n
+        return max(0, min(offset, len(self.text)))
+
     def apply_full(self, text: str, version: int | None) -> None:
         self.text = text
         self._starts = None
+        self._log(None)
         if version is not None:
             self.version = version
 
@@ -192,6 +253,7 @@ class Document:
         old = self.text
         self.text = old[:a] + new_text + old[b:]
         self._starts = self._shift_starts(old, a, b, new_text)
+        self._log((a, b, len(new_text)))
 
     def _shift_starts(self, old: str, a: int, b: int, new_text: str) -> list[int] | None:
         """Line starts after replacing old[a:b], without rescanning the text.

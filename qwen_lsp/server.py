@@ -9,13 +9,15 @@ request gets an answer, an empty one when there is nothing useful to say.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import re
 import time
 from collections.abc import Generator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from lsprotocol import types
@@ -36,12 +38,8 @@ from qwen_lsp.documents import (
     DocumentStore,
     PositionError,
 )
-from qwen_lsp.engine import Engine, EngineConfig, Timing
 from qwen_lsp.exclude import is_excluded
-from qwen_lsp.items import client_profile, completion_list, inline_items
-from qwen_lsp.neighbours import Neighbours
 from qwen_lsp.notify import Notifier
-from qwen_lsp.postprocess import Suggestion
 from qwen_lsp.pricing import price_for
 from qwen_lsp.prompt_cache import (
     N_BATCH,
@@ -55,6 +53,14 @@ from qwen_lsp.providers.base import UpstreamError
 from qwen_lsp.settings import Settings, load_settings
 from qwen_lsp.warmup import Warmer
 
+# Answering `initialize` needs none of these: they are imported once the
+# session is set up (see QwenServer.finish_initialize and _preload).
+if TYPE_CHECKING:
+    from qwen_lsp.engine import Engine, EngineConfig, Timing
+    from qwen_lsp.items import ClientProfile
+    from qwen_lsp.neighbours import Neighbours
+    from qwen_lsp.postprocess import Suggestion
+
 log = logging.getLogger("qwen_lsp")
 
 TYPING_BURST_S = 1.0
@@ -66,6 +72,10 @@ PREFILL_CHUNK_S = 0.5
 _CALIBRATION = "".join(
     f"def step_{i}(values, scale={i}):\n    return [v * scale + {i} for v in values]\n\n"
     for i in range(12))
+# A start-up request whose document moved on while it was answered is
+# answered again for the current text, at most this many times.
+STARTUP_RETRIES = 3
+_COMPLETION_METHODS = (types.TEXT_DOCUMENT_COMPLETION, types.TEXT_DOCUMENT_INLINE_COMPLETION)
 _ENCODINGS = {
     types.PositionEncodingKind.Utf8: UTF8,
     types.PositionEncodingKind.Utf16: UTF16,
@@ -73,10 +83,39 @@ _ENCODINGS = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class _Anchor:
+    """A completion position pinned to one text of its document.
+
+    Taken when the request arrives, before the edits queued behind it are
+    applied, so that it can be carried over to the text that is current when
+    the handler runs (Document.map_offset).
+    """
+
+    doc: Document | None
+    text: str
+    edits: int  # doc.edit_count for ``text``
+    offset: int | None  # None: the position is not in ``text``
+    seq: int  # the request's number among this document's completion requests
+
+
+_ARRIVAL: contextvars.ContextVar[_Anchor | None] = contextvars.ContextVar(
+    "qwen_arrival", default=None)
+
+
 class QwenProtocol(LanguageServerProtocol):
     """Keeps documents in our own store instead of pygls' workspace copy."""
 
     _server: QwenServer
+
+    def _handle_request(self, msg_id: Any, method_name: str, params: Any) -> None:
+        # Runs in the request's own context, which its handler task copies.
+        if method_name in _COMPLETION_METHODS:
+            try:
+                _ARRIVAL.set(self._server.anchor(params.text_document.uri, params.position))
+            except AttributeError:  # params pygls could not structure: no anchor
+                pass
+        super()._handle_request(msg_id, method_name, params)
 
     def structure_message(self, data: dict[str, Any]) -> Any:
         msg_id = data.get("id")
@@ -121,6 +160,7 @@ class QwenProtocol(LanguageServerProtocol):
         uri = params.text_document.uri
         self._server.documents.close(uri)
         self._server._files.pop(uri, None)
+        self._server._request_seq.pop(uri, None)
         self._server.last_completion.pop(uri, None)
         if self._server.engine is not None:
             self._server.engine.forget(uri)
@@ -141,7 +181,8 @@ class QwenServer(LanguageServer):
         self.init_options: dict[str, Any] | None = None
         self.workspace_config: dict[str, Any] | None = None
         self.encoding = UTF16
-        self.profile = client_profile(None, None)
+        self.profile: ClientProfile | None = None
+        self._init_params: types.InitializeParams | None = None
         self.root: Path | None = None
         self.notifier = Notifier(self)
         self.engine: Engine | None = None
@@ -150,8 +191,13 @@ class QwenServer(LanguageServer):
             progress=self.notifier.engine_progress,
             log=lambda m: self.notifier.log(types.MessageType.Log, m),
         )
-        self.neighbours = Neighbours()
+        self._neighbours: Neighbours | None = None
         self._desynced: set[str] = set()
+        self._request_seq: dict[str, int] = {}
+        # Until one completion request has been answered for a document that
+        # held still, requests are answered for the current text even when
+        # edits queued at start-up move the document under them.
+        self.starting_up = True
         self._files: dict[str, tuple[str, bool]] = {}
         self.last_completion: dict[str, float] = {}
         # The local engine: our copy of its prompt cache, the place the user
@@ -168,6 +214,24 @@ class QwenServer(LanguageServer):
         # (or once it is known not to come). Before that, a backend set only
         # in the editor's settings would look missing.
         self.settings_read = False
+
+    @property
+    def neighbours(self) -> Neighbours:
+        if self._neighbours is None:
+            from qwen_lsp.neighbours import Neighbours
+
+            self._neighbours = Neighbours()
+            self._neighbours.root = self.root
+        return self._neighbours
+
+    def finish_initialize(self) -> None:
+        """What ``initialize`` leaves for ``initialized``: client profile, engine."""
+        from qwen_lsp.items import client_profile
+
+        params = self._init_params
+        self.profile = client_profile(params.client_info if params else None,
+                                      params.capabilities if params else None)
+        self.reload_settings()
 
     def report_server_error(self, error: Exception, source: Any) -> None:
         # pygls pops up "Error in server" for every malformed message a client
@@ -198,6 +262,8 @@ class QwenServer(LanguageServer):
             self.notifier.problems(problems)
         config = self._engine_config(settings)
         if self.engine is None:
+            from qwen_lsp.engine import Engine
+
             self.engine = Engine(
                 config,
                 self.backend.provider,
@@ -232,6 +298,8 @@ class QwenServer(LanguageServer):
             self.notifier.paused(self.engine.health.message())
 
     def _engine_config(self, s: Settings) -> EngineConfig:
+        from qwen_lsp.engine import EngineConfig
+
         extra = self.backend.extra_body()
         return EngineConfig(
             mode=s.effective_mode(),
@@ -295,19 +363,44 @@ class QwenServer(LanguageServer):
             self.user_at(uri, at + len(last.text))
 
     # -- completion ----------------------------------------------------------------
+    def anchor(self, uri: str, position: types.Position) -> _Anchor:
+        """Pin a completion request that has just arrived to its document's text."""
+        seq = self._request_seq[uri] = self._request_seq.get(uri, 0) + 1
+        doc = self.documents.get(uri)
+        if doc is None:
+            return _Anchor(None, "", 0, None, seq)
+        try:
+            offset: int | None = doc.offset_at(position.line, position.character,
+                                               self.encoding, strict=True)
+        except PositionError:
+            offset = None
+        return _Anchor(doc, doc.text, doc.edit_count, offset, seq)
+
     async def suggest(
         self, uri: str, position: types.Position, *, manual: bool
     ) -> tuple[Document, Any, int, Timing] | None:
         """The suggestion at ``position``, or None; records server overhead."""
+        anchor = _ARRIVAL.get()
         if not self.config_ready.is_set():
             try:
                 await asyncio.wait_for(self.config_ready.wait(), 3.0)
             except TimeoutError:
                 self.config_ready.set()
+        from qwen_lsp.engine import Timing
+
         timing = Timing()
         found = None
         try:
-            found = await self._suggest(uri, position, manual, timing)
+            for _ in range(STARTUP_RETRIES + 1):
+                found, moved = await self._suggest(uri, position, anchor, manual, timing)
+                # Normally a result for a text the editor has already changed is
+                # dropped: the editor asks again. Keys typed while the server was
+                # starting may not be asked for again, so then the request is
+                # answered for the text as it is now, unless a newer one came.
+                if (found is not None or moved is None or not self.starting_up
+                        or self._request_seq.get(uri) != moved.seq):
+                    break
+                anchor = moved
             return found
         finally:
             # Answered requests are recorded by finish(), after item shaping.
@@ -315,26 +408,39 @@ class QwenServer(LanguageServer):
                 self.engine.stats.record_overhead(timing.busy)
 
     async def _suggest(
-        self, uri: str, position: types.Position, manual: bool, timing: Timing
-    ) -> tuple[Document, Any, int, Timing] | None:
+        self, uri: str, position: types.Position, anchor: _Anchor | None, manual: bool,
+        timing: Timing,
+    ) -> tuple[tuple[Document, Any, int, Timing] | None, _Anchor | None]:
+        """(answer or None, the anchor it used when the document moved meanwhile)."""
+
         t = time.perf_counter()
         doc = self.documents.get(uri)
         if doc is None or uri in self._desynced or self.engine is None:
             timing.add(t)
-            return None
-        try:
-            offset = doc.offset_at(position.line, position.character, self.encoding, strict=True)
-        except PositionError:
-            timing.add(t)
-            return None
+            return None, None
+        if anchor is not None and anchor.doc is doc:
+            if anchor.offset is None:
+                timing.add(t)
+                return None, None
+            # Edits that arrived after the request: carry its position over.
+            offset = doc.map_offset(anchor.offset, anchor.edits, anchor.text)
+        else:
+            try:
+                offset = doc.offset_at(position.line, position.character, self.encoding,
+                                       strict=True)
+            except PositionError:
+                timing.add(t)
+                return None, None
+        used = _Anchor(doc, doc.text, doc.edit_count, offset,
+                       anchor.seq if anchor is not None else self._request_seq.get(uri, 0))
         s = self.settings
         if not s.enabled or doc.language_id in s.disabled_languages:
             timing.add(t)
-            return None
+            return None, None
         _rel, excluded = self._file_info(uri)
         if excluded or doc.larger_than(s.max_file_bytes) or not doc.is_text():
             timing.add(t)
-            return None
+            return None, None
         self.user_at(uri, offset)
         snippets = self._snippets(doc, offset)
         ctx = self._context(doc, doc.text, offset, snippets, manual=manual)
@@ -344,25 +450,28 @@ class QwenServer(LanguageServer):
         if skip_reason(ctx, untitled=not uri.startswith("file:")) is not None:
             self.engine.stats.skipped += 1
             timing.add(t)
-            return None
-        version = doc.version
+            return None, None
         t = timing.add(t)
 
         def current() -> bool:
-            return self.documents.get(uri) is doc and doc.version == version
+            return self.documents.get(uri) is doc and doc.edit_count == used.edits
 
         try:
             suggestion = await self.engine.complete(ctx, is_current=current, timing=timing)
         except UpstreamError as exc:  # pragma: no cover - engine reports its own errors
             self.notifier.upstream_error(exc)
-            return None
-        if suggestion is None or not current():
-            return None
+            return None, None
+        if not current():
+            return None, used
+        if self._request_seq.get(uri) == used.seq:
+            self.starting_up = False  # answered for a document that held still
+        if suggestion is None:
+            return None, None
         if self.engine.view is not None:
             # Tab, Tab, Tab: compute what comes after this one while the user reads it.
-            self._prefetch = (uri, version, offset, suggestion, tuple(snippets))
+            self._prefetch = (uri, doc.version, offset, suggestion, tuple(snippets))
             self.warmer.poke()
-        return doc, suggestion, offset, timing
+        return (doc, suggestion, offset, timing), None
 
     # -- prompt budget and warm-up (local engine) ------------------------------------
     @staticmethod
@@ -525,7 +634,7 @@ def create_server() -> QwenServer:
         ls.init_options = opts if isinstance(opts, dict) else None
         enc = ls.workspace.position_encoding
         ls.encoding = _ENCODINGS.get(enc, UTF16)  # type: ignore[arg-type]
-        ls.profile = client_profile(params.client_info, params.capabilities)
+        ls._init_params = params
         root = params.root_uri or (
             params.workspace_folders[0].uri if params.workspace_folders else None
         )
@@ -533,12 +642,15 @@ def create_server() -> QwenServer:
             ls.root = Path(p)
         elif params.root_path:
             ls.root = Path(params.root_path)
-        ls.neighbours.root = ls.root
-        ls.reload_settings()
+        if ls._neighbours is not None:
+            ls._neighbours.root = ls.root
+        # The engine, the HTTP stack and settings problems wait for
+        # `initialized`: the client gets its answer sooner.
 
     @ls.feature(types.INITIALIZED)
     async def on_initialized(ls: QwenServer, params: types.InitializedParams) -> None:
         try:
+            ls.finish_initialize()
             await _pull_configuration(ls)
         finally:
             ls.config_ready.set()
@@ -548,6 +660,8 @@ def create_server() -> QwenServer:
         if ls.settings.provider == "local" and ls.settings.enabled:
             # Start the embedded engine now so the first keystroke doesn't wait.
             asyncio.get_running_loop().create_task(_warm_local(ls))
+        # The first completion should not wait for imports either.
+        asyncio.get_running_loop().create_task(asyncio.to_thread(_preload))
 
     @ls.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     async def on_config(ls: QwenServer, params: types.DidChangeConfigurationParams) -> None:
@@ -575,6 +689,8 @@ def create_server() -> QwenServer:
         cursor = types.Position(*doc.position_at(offset, ls.encoding))
         end = types.Position(*doc.position_at(offset + suggestion.replace_suffix_chars,
                                               ls.encoding))
+        from qwen_lsp.items import inline_items
+
         result = inline_items(suggestion, cursor, end)
         ls.finish(timing, t)
         return result
@@ -607,6 +723,8 @@ def create_server() -> QwenServer:
         word = m.group(0) if m else ""
         indent = line_prefix[: len(line_prefix) - len(line_prefix.lstrip(" \t"))]
         enc = ls.encoding
+        from qwen_lsp.items import completion_list
+
         result = completion_list(
             suggestion,
             profile=ls.profile,
@@ -705,6 +823,18 @@ async def _pull_configuration(ls: QwenServer) -> bool:
     ls.workspace_config = section if isinstance(section, dict) else None
     ls.reload_settings()
     return True
+
+
+def _preload() -> None:
+    """Import what completions need and `initialize` did not (httpx above all)."""
+    import importlib
+
+    for name in ("qwen_lsp.providers.openai", "qwen_lsp.providers.dashscope",
+                 "qwen_lsp.items", "qwen_lsp.neighbours"):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - the request that needs it will report it
+            log.warning("preloading %s failed: %s", name, exc)
 
 
 async def _warm_local(ls: QwenServer) -> None:

@@ -13,11 +13,11 @@ from qwen_lsp.providers.base import (
     UpstreamRequest,
     Usage,
 )
-from qwen_lsp.providers.dashscope import DashScopeNativeProvider
-from qwen_lsp.providers.openai import OpenAICompatProvider
 from qwen_lsp.settings import READ_TIMEOUT_MARGIN_MS
 
 if TYPE_CHECKING:
+    from qwen_lsp.providers.dashscope import DashScopeNativeProvider
+    from qwen_lsp.providers.openai import OpenAICompatProvider
     from qwen_lsp.settings import Settings
 
 __all__ = [
@@ -32,6 +32,20 @@ __all__ = [
     "Usage",
     "make_provider",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The HTTP providers pull in httpx, which the server's start-up does not
+    # need: they are imported when first asked for.
+    if name == "DashScopeNativeProvider":
+        from qwen_lsp.providers.dashscope import DashScopeNativeProvider
+
+        return DashScopeNativeProvider
+    if name == "OpenAICompatProvider":
+        from qwen_lsp.providers.openai import OpenAICompatProvider
+
+        return OpenAICompatProvider
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make_provider(
@@ -61,6 +75,10 @@ def make_provider(
         "read_timeout": (settings.time_box_ms() + READ_TIMEOUT_MARGIN_MS) / 1000.0,
     }
     if settings.api == "dashscope" and settings.provider not in ("openai", "local"):
+        from qwen_lsp.providers.dashscope import DashScopeNativeProvider
+
         return DashScopeNativeProvider(base_url, api_key, settings.model, **timeouts)
+    from qwen_lsp.providers.openai import OpenAICompatProvider
+
     name = settings.provider or "openai"
     return OpenAICompatProvider(base_url, api_key, settings.model, name=name, **timeouts)
