@@ -58,7 +58,7 @@ DASHSCOPE_KEY_ENV = "DASHSCOPE_API_KEY"
 NO_BACKEND_MESSAGE = (
     "No completion backend: set DASHSCOPE_API_KEY (provider=dashscope), point baseUrl at an "
     "OpenAI-compatible server (provider=openai), or install the local engine with "
-    'pip install "qwen-lsp[local]" (provider=local).'
+    'pip install -e ".[local]" in a qwen-lsp checkout (provider=local).'
 )
 
 # Files whose contents must never be sent to a model.

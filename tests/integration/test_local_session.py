@@ -21,7 +21,7 @@ from tests.harness import (
 pytestmark = [
     pytest.mark.local_model,
     pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                       reason="llama-cpp-python is not installed (pip install 'qwen-lsp[local]')"),
+                       reason="llama-cpp-python is not installed (pip install -e '.[local]')"),
 ]
 
 

