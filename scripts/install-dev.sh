@@ -11,6 +11,9 @@ command -v emacs >/dev/null 2>&1 || need_apt+=(emacs-nox)
 [ -d /usr/share/emacs/site-lisp/elpa-src ] && ls /usr/share/emacs/site-lisp/elpa-src 2>/dev/null | grep -q '^eglot' || need_apt+=(elpa-eglot)
 [ -x /usr/bin/nvim ] || need_apt+=(neovim)  # Debian's 0.7.2; the pip wheel brings 0.12
 command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)  # the terminal of test_neovim_terminal.py
+# llama-cpp-python (the local extra) is compiled on install.
+command -v c++ >/dev/null 2>&1 || need_apt+=(build-essential)
+command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
