@@ -386,6 +386,8 @@ class QwenServer(LanguageServer):
                 await asyncio.wait_for(self.config_ready.wait(), 3.0)
             except TimeoutError:
                 self.config_ready.set()
+        if self.engine is None and self._init_params is not None:
+            self.finish_initialize()  # a client that never sent `initialized`
         from qwen_lsp.engine import Timing
 
         timing = Timing()

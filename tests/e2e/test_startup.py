@@ -125,3 +125,19 @@ async def test_edits_during_the_first_flight_do_not_drop_it_but_later_ones_do(
     prefixes = [_prefix(r) for r in fake.requests]
     assert prefixes[0].endswith("x = ad") and prefixes[1].endswith("x = add(")
     assert later is None
+
+
+async def test_a_client_that_never_sends_initialized_still_gets_completions(
+        tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    root.mkdir()
+    uri = (root / "calc.py").as_uri()
+    with FakeUpstream(Reply(text="1, 2)")) as fake:
+        client = await _start_without_initialized(
+            openai_env(tmp_path, fake.openai_base), root)
+        try:
+            open_doc(client, uri, "x = add(\n")
+            result = await asyncio.wait_for(_request(client, uri, 0, 8), 30)
+        finally:
+            await stop_client(client)
+    assert result is not None and result.items[0].insert_text == "1, 2)"
