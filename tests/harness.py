@@ -103,6 +103,12 @@ async def complete(client: LanguageClient, uri: str, line: int, character: int,
         position=types.Position(line=line, character=character), context=ctx))
 
 
+async def clear_cache(client: LanguageClient) -> None:
+    """Empty the server's completion cache (``qwen.clearCache``)."""
+    await client.workspace_execute_command_async(
+        types.ExecuteCommandParams(command="qwen.clearCache"))
+
+
 async def status(client: LanguageClient) -> dict[str, Any]:
     """The server's ``qwen.status`` (resolved settings, local engine)."""
     return await client.workspace_execute_command_async(

@@ -26,6 +26,7 @@ from pytest_lsp import LanguageClient
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.harness import (
     ROOT,
+    clear_cache,
     complete,
     inline,
     open_doc,
@@ -74,11 +75,6 @@ def prompt_parts(prompt: str) -> tuple[str, str]:
     prefix, _, rest = rest.partition("<|fim_suffix|>")
     suffix, _, _ = rest.rpartition("<|fim_middle|>")
     return prefix, suffix
-
-
-async def clear_cache(client: LanguageClient) -> None:
-    await client.workspace_execute_command_async(
-        types.ExecuteCommandParams(command="qwen.clearCache"))
 
 
 async def server_copy(client: LanguageClient, fake: FakeUpstream, uri: str,

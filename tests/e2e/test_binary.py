@@ -7,10 +7,20 @@ read from disk are bytes. The loopback upstream records every byte it gets.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+from qwen_lsp.neighbours import SHORT_TTL
 from tests.fake_upstream import FakeUpstream, Reply
-from tests.harness import complete, inline, open_doc, openai_env, start_client, stop_client
+from tests.harness import (
+    clear_cache,
+    complete,
+    inline,
+    open_doc,
+    openai_env,
+    start_client,
+    stop_client,
+)
 
 # Bytes that are not UTF-8 (each one decodes to U+FFFD), with no NUL among them.
 JUNK = bytes(range(0x80, 0x100)) * 4
@@ -88,7 +98,16 @@ async def test_binary_files_are_never_cross_file_context(tmp_path: Path) -> None
                 (root / f"main_{name}.py").write_text(text)
                 open_doc(client, uri, text)
                 fake.clear()
-                assert await inline(client, uri, 4, 4) is not None, name
+                # On a busy machine the context search can run out of its time
+                # budget while file caches are cold; its short-lived result
+                # is then replaced by a complete one.
+                for attempt in range(4):
+                    if attempt:
+                        await asyncio.sleep(SHORT_TTL + 0.2)
+                    await clear_cache(client)
+                    assert await inline(client, uri, 4, 4) is not None, name
+                    if "<|file_sep|>helper.py\n" in fake.requests[-1].json["prompt"]:
+                        break
                 prompt = "".join(r.json["prompt"] for r in fake.requests)
                 # Cross-file context was in use, without any binary file in it.
                 assert "<|file_sep|>helper.py\n" in prompt, name
