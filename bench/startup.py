@@ -12,7 +12,7 @@ Rows, each over several runs (p50 / p90 / min / max, seconds):
 The machine's load average is printed and written with the table: on a shared machine
 the numbers are only comparable with the baselines of the same run.
 
-Run: python bench/startup.py [--runs 10] [--write]
+Run: python bench/startup.py [--runs 10] [--write] [--compare OTHER_CHECKOUT]
 With --write the table goes to BENCHMARKS.md between the startup markers.
 """
 
@@ -133,6 +133,13 @@ def loaded_at_initialize(env: dict[str, str]) -> list[str]:
     raise RuntimeError(f"probe failed: {proc.stderr[-500:]!r}")
 
 
+def _describe_checkout(path: Path) -> str:
+    res = subprocess.run(["git", "-C", str(path), "log", "-1", "--format=%h"],
+                         capture_output=True, text=True, check=False)
+    commit = res.stdout.strip()
+    return f"commit {commit}" if commit else str(path)
+
+
 def _installed_script() -> str | None:
     """The `qwen-lsp` console script; behind a pyenv shim, the script it runs."""
     found = shutil.which("qwen-lsp")
@@ -154,6 +161,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    ap.add_argument("--compare", type=Path, metavar="CHECKOUT",
+                    help="also time `python -m qwen_lsp` from another checkout (e.g. before "
+                         "a change), interleaved with the others")
     args = ap.parse_args()
     env = _env()
     py = sys.executable
@@ -170,6 +180,11 @@ def main() -> None:
         ("`python -m qwen_lsp --stdio`: spawn to `initialize` answered",
          lambda: time_initialize([py, "-m", "qwen_lsp", "--stdio"], env)),
     ]
+    if args.compare:
+        other = dict(env, PYTHONPATH=str(args.compare.resolve()))
+        label = _describe_checkout(args.compare)
+        name = f"`python -m qwen_lsp --stdio` from {label}: spawn to `initialize` answered"
+        spawns.append((name, lambda: time_initialize([py, "-m", "qwen_lsp", "--stdio"], other)))
     if script:
         spawns.append(("installed `qwen-lsp --stdio`: spawn to `initialize` answered",
                        lambda: time_initialize([script, "--stdio"], env)))
@@ -191,7 +206,9 @@ def main() -> None:
         START,
         "## Start-up: spawn to `initialize` answered",
         "",
-        (f"Command: `python bench/startup.py --runs {args.runs} --write`. Date: "
+        (f"Command: `python bench/startup.py --runs {args.runs} --write"
+         + (f" --compare <checkout of {_describe_checkout(args.compare)}>" if args.compare
+            else "") + "`. Date: "
          f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC. Machine: {cpu} cores ({platform.machine()}), "
          f"Python {platform.python_version()}; load average {load_before[0]:.1f} before, "
          f"{load_after[0]:.1f} after"
