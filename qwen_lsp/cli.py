@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from qwen_lsp.settings import Settings
 
 EXIT_OK, EXIT_NONE, EXIT_ERROR = 0, 1, 2
+CLI_LOCAL_BOX_MS = 60000
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -229,12 +230,15 @@ async def _complete(location: str, language: str | None) -> int:
     else:
         ctx = build(settings.context_tokens)
     errors: list[UpstreamError] = []
+    if settings.provider == "local":
+        # The CLI waits for the whole answer, engine start included: a longer box,
+        # and through the settings so the HTTP read timeout stays above it.
+        settings = settings.with_overrides(timeout_ms=max(settings.timeout_ms, CLI_LOCAL_BOX_MS))
     backend = Backend(settings, progress=_progress_line)
     engine = Engine(
         EngineConfig(mode=settings.effective_mode(), max_tokens=settings.max_tokens,
                      temperature=settings.temperature, stop=tuple(settings.stop),
-                     timeout_ms=max(settings.time_box_ms(), 60000)
-                     if settings.provider == "local" else settings.time_box_ms(),
+                     timeout_ms=settings.time_box_ms(),
                      extra_body=backend.extra_body(), early_answers=False,
                      partial_on_timeout=False),
         backend.provider,
