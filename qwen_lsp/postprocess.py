@@ -292,6 +292,7 @@ class _Open:
     char: str
     inline: bool  # opened on the cursor line
     indent: str  # leading whitespace of the line it was opened on
+    line: int = 0  # that line's index in the prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,13 +307,15 @@ def _prefix_info(prefix: str, language: str) -> _PrefixInfo:
     line_start = prefix.rfind("\n") + 1
     stack: list[_Open] = []
     start = 0  # start of the line being scanned
+    line = 0
     for i, ch in enumerate(prefix):
         if ch == "\n":
             start = i + 1
+            line += 1
         if kinds[i] != "c":
             continue
         if ch in _OPENERS:
-            stack.append(_Open(ch, i >= line_start, _leading_ws(prefix[start:i])))
+            stack.append(_Open(ch, i >= line_start, _leading_ws(prefix[start:i]), line))
         elif ch in _CLOSERS:
             _pop_matching(stack, _CLOSERS[ch])
     return _PrefixInfo(state, tuple(stack))
@@ -357,6 +360,23 @@ def _suffix_closers(
     return tuple(unmatched)
 
 
+def _statement_indents(stack: Sequence[_Open], tab: int) -> list[int]:
+    """Per open bracket, the indentation (columns) of the statement it belongs to.
+
+    A line inside ``(`` or ``[`` opened on an earlier line is a continuation
+    line: a bracket opened there belongs to the statement that opened the outer
+    one (``foo(a,\n    b, function () {`` is closed by ``});`` at column 0).
+    """
+    out: list[int] = []
+    for i, item in enumerate(stack):
+        outer = stack[i - 1] if i else None
+        if outer is not None and outer.char in "([" and outer.line != item.line:
+            out.append(out[-1])
+        else:
+            out.append(_columns(item.indent, tab))
+    return out
+
+
 def _suffix_closer_count(
     suffix: str, language: str, state: _LexState, stack: Sequence[_Open], tab: int = 4
 ) -> int:
@@ -367,23 +387,19 @@ def _suffix_closer_count(
     so on; counting stops at the first misfit. (A line deleted after the
     cursor leaves an inner bracket open while later code closes outer ones;
     a plain count would wrongly credit the suffix with closing the inner one.)
-    A closer that starts its line fits by type and by indentation: when it
-    is indented less than the opener's line and an outer opener of the same
-    type sits on a line indented exactly like it, it closes that outer one
-    (the ``}`` of the function after a deleted ``}`` of an ``if``).
+    A closer that starts its line must also fit by indentation: one indented
+    less than the statement that opened the bracket closes an outer bracket
+    (the ``}`` of a function after the deleted ``}`` of its ``if``).
     """
     closers = _suffix_closers(suffix, language, state)
+    depths: list[int] | None = None
     count = 0
     for k, (ch, indent) in enumerate(closers):
         if k >= len(stack) or stack[-1 - k].char != _CLOSERS[ch]:
             break
         if indent is not None:
-            cols = _columns(indent, tab)
-            here = _columns(stack[-1 - k].indent, tab)
-            if cols < here and any(
-                o.char == stack[-1 - k].char and _columns(o.indent, tab) == cols
-                for o in stack[: len(stack) - 1 - k]
-            ):
+            depths = depths or _statement_indents(stack, tab)
+            if _columns(indent, tab) < depths[-1 - k]:
                 break
         count += 1
     return count
@@ -511,6 +527,8 @@ _INDENT_CAP_LANGS = frozenset({"python"}) | (_SLASH_COMMENTS - {"json", "jsonc",
 # A line ending like this continues on the next one, at any indentation.
 _CONTINUES = ("\\", "=>", "->", "=", "+", "-", "*", "/", "%", "&&", "||", "?", ".", "|", "&",
               "^", "<", ">", "(", "[", ",")
+# A line starting like this continues the statement on the line above ("? a : b").
+_LEADING_CONTINUES = ("?", ":", ".", "&&", "||", "+", "|", "&", "??")
 # Brace-less control statements: "if (x)" may be followed by one deeper line.
 _BRACELESS_HEADER = re.compile(r"\s*(?:\}\s*)?(?:if|for|foreach|while|else|do|using|lock)\b")
 
@@ -558,7 +576,9 @@ def fit_leading_newline(text: str, ctx: PostContext) -> str:
         return text
     rest = text[text.index("\n") + 1 :]
     first, sep, tail = rest.partition("\n")
-    cap = _indent_cap(ctx) if first.strip() else None
+    # A line that starts with an operator continues the statement above at any depth.
+    leads = first.strip() and not first.lstrip().startswith(_LEADING_CONTINUES)
+    cap = _indent_cap(ctx) if leads else None
     tab = _tab_width(ctx)
     over = 0 if cap is None else _columns(_leading_ws(first), tab) - cap
     if over <= 0:

@@ -222,6 +222,14 @@ NEWLINE_CASES = [
         "    c",
     ),
     (
+        # npm's pacote git.js: "return a && b" then a blank line for "  ? x(this)".
+        "leading-operator-continuation-kept",
+        "\n      ? f.apply(this)",
+        PostContext("  m () {\n    return this.spec.hosted && this.resolved\n", "\n      : g()\n",
+                    "javascript", indent_unit="  "),
+        "      ? f.apply(this)",
+    ),
+    (
         "braceless-if-kept",
         "\n        y();",
         PostContext("if (x)\n    ", "\n", "c"),
@@ -813,6 +821,15 @@ CLOSER_CASES = [
                     indent_unit="  "),
         "\n  } else {\n    c();\n  }",
         Suggestion("  } else {\n    c();"),
+    ),
+    (
+        # npm's pacote git.js: the prompt window starts inside the class, so the
+        # class's "{" is not in view and its "}" in the suffix must not count.
+        "method-closer-window-inside-class",
+        PostContext("  m () {\n    return 1\n", "\n\n  n () {\n    return 2\n  }\n}\n",
+                    "javascript", indent_unit="  "),
+        "\n  }",
+        Suggestion("  }"),
     ),
     # Dropped: the editor already has the closer.
     (
