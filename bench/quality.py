@@ -1,47 +1,62 @@
 """Completion quality on real code, end to end through the language server.
 
-Run: ``python bench/quality.py`` (full, about 25 min on 2 cores) or
-``python bench/quality.py --quick`` (a few minutes). ``--write-md`` replaces
-the quality section of BENCHMARKS.md with the results table.
+Run: ``nice -n 15 python bench/quality.py --write-md`` (about 40 min on 2
+shared cores at the defaults: 40 line, 30 single, 12 multi tasks) or
+``--quick`` (a few minutes). ``--write-md`` replaces the quality section of
+BENCHMARKS.md with the results. ``--from-json bench/quality-results.json
+--rescore`` re-runs only the post-processing over the saved model outputs.
 
 Tasks are cut deterministically (``--seed``) from code nobody here wrote: the
 Python standard library on this machine and the JavaScript files bundled with
-node's npm. Three kinds:
+node's npm. Four kinds:
 
+* line: one whole line was deleted and the cursor sits at column 0 of its
+  empty line; the answer is the line. In JavaScript a third of these lines
+  start with a closer (``}``, ``} else {``, ``});``).
 * single: the cursor is mid-line, the rest of the line was deleted; the
   answer is that rest.
 * multi: the body (2-8 lines) of a block was deleted, the cursor sits on an
   indented empty line below the block opener; the answer is the body.
-* cross: like single, but the deleted text starts with a name defined in a
-  sibling module of the same stdlib package (``from .decoder import X``),
-  within the cursor's window that name does not appear.
+* cross (``--cross N``): like single, but the deleted text starts with a name
+  defined in a sibling module of the same stdlib package, and within the
+  cursor's window that name does not appear.
 
 Configurations, all on the same local model (Qwen2.5-Coder-0.5B GGUF):
 
-* ``lsp``: ``python -m qwen_lsp`` over stdio, provider local (it starts its own
-  llama.cpp engine), manual inline-completion requests, crossFile off; this is
-  the product: prompt layout + streaming early stop + post-processing.
-* ``lsp+xfile``: a second server with crossFile on and the workspace root set
-  to the stdlib directory; for cross tasks the sibling module is opened first.
-* ``raw``: the same file-level FIM prompt (built by qwen_lsp.context/prompts)
-  sent to our own engine's ``/v1/completions``, greedy, no post-processing;
-  single-line tasks keep the first line (what llm-ls does).
-* ``raw-literal`` / ``post-literal`` (multi only): the prompt split literally
-  at the cursor on the blank line, raw and post-processed.
-* ``partial`` / ``partial-raw``: partial mode. llama-cpp-python's chat endpoint
-  does not continue a partial assistant turn (checked and recorded at the start
-  of every run), so the Qwen chat template is rendered by hand with the
-  assistant turn left open and sent to ``/v1/completions``; the output is
-  post-processed with ``echo_prefix=True`` (partial) or cut at its first line
-  (partial-raw, single tasks only).
+* ``lsp``: ``python -m qwen_lsp`` over stdio at its default settings, provider
+  local (it starts its own llama.cpp engine), manual inline-completion
+  requests, crossFile off; this is the product: prompt layout + streaming early
+  stop + post-processing. ``--also-context-tokens N`` adds a labelled
+  ``lsp@N`` pass.
+* ``lsp+xfile``: crossFile on, workspace root the stdlib directory; for cross
+  tasks the sibling module is opened first.
+* ``harness``: the model's published FIM layout sent straight to the engine:
+  ``<|fim_prefix|>`` + the whole document before the cursor +
+  ``<|fim_suffix|>`` + the whole document after it + ``<|fim_middle|>``,
+  uncut when it fits the engine window (else a quarter of the room for the
+  suffix), greedy; the first (non-empty) line for single-line tasks, the
+  whole output for multi-line ones (``harness-nlines``: cut to the answer's
+  line count, as published FIM evaluations do).
+* ``raw``: the server's own request for the cursor (``build_context`` with the
+  server's settings, then ``build_request``) sent to the engine and shown with
+  no post-processing: the first line for single-line tasks.
+* ``post-offline`` / ``post+comment``: our post-processing over that raw
+  output, without / with the candidate filter ``strip_invented_comment``.
+  The per-filter table runs the pipeline with and without each filter.
+* ``--literal``: ``raw-literal`` / ``post-literal`` (multi only), the prompt
+  split literally at the cursor on the blank line.
+* ``--partial-every K``: partial mode on every k-th task. llama-cpp-python's chat
+  endpoint does not continue a partial assistant turn, so the Qwen chat
+  template is rendered by hand with the assistant turn left open.
 
 Metrics per task: exact match (lines compared with trailing whitespace
 stripped), edit similarity (difflib ratio of the completed region), harmful
-(a suggestion was shown and it duplicates the next suffix line, or it makes a
-Python file that parsed no longer parse, or its indentation is wrong, where
-the correct answer would not do the same), latency (client-observed for the
-LSP configurations). Intervals: Wilson 95 % for shares, bootstrap 95 % for
-means and paired differences.
+(a suggestion was shown and it duplicates the next suffix line or the closers
+right of the cursor, or it makes a Python file that parsed no longer parse, or
+its indentation is wrong, where the correct answer would not do the same),
+latency (client-observed for the LSP configurations). Intervals: Wilson 95 %
+for shares, bootstrap 95 % for means and paired differences, and an exact
+sign test on exact match for paired configurations.
 """
 
 from __future__ import annotations
@@ -104,6 +119,9 @@ from qwen_lsp.settings import DEFAULT_EXCLUDE, Settings
 SERVER_DEFAULTS = Settings()
 MAX_TOKENS = SERVER_DEFAULTS.max_tokens
 ENGINE_WINDOW = SERVER_DEFAULTS.context_size  # the local engine's n_ctx
+# Engine threads for every engine this run starts (None: the server's default, all CPUs).
+# On a shared, busy machine one thread avoids llama.cpp's spin-waits on a descheduled peer.
+THREADS: dict[str, int | None] = {"n": None}
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 NPM_DIRS = ("/usr/lib/node_modules/npm", "/usr/local/lib/node_modules/npm")
 CROSS_PACKAGES = (
@@ -600,6 +618,8 @@ def _server_env(tmp: Path, **extra: str) -> dict[str, str]:
            if not k.startswith("QWEN_LSP_") and k not in ("DASHSCOPE_API_KEY",)}
     env["XDG_CONFIG_HOME"] = str(tmp / "config")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    if THREADS["n"]:
+        env["QWEN_LSP_THREADS"] = str(THREADS["n"])
     env.update(extra)
     return env
 
@@ -845,7 +865,7 @@ async def run_engine(tasks: list[Task], *, context_tokens: int | None, partial_e
                      ) -> tuple[dict[str, dict[str, Outcome]], str]:
     """Engine-only configurations, one pass per prompt layout (nearby tasks of one file
     then share their prompt start in llama.cpp's cache, as they do in an editor)."""
-    engine = LocalEngine(threads=None, context_size=ENGINE_WINDOW)
+    engine = LocalEngine(threads=THREADS["n"], context_size=ENGINE_WINDOW)
     base, key = await engine.ensure_started()
     raw = Raw(base, key)
     res: dict[str, dict[str, Outcome]] = {t.id: {} for t in tasks}
@@ -1109,7 +1129,8 @@ def report(tasks: list[Task], lsp: dict[str, Outcome], lspx: dict[str, Outcome],
         (f"Run: `{meta['command']}` — {meta['date']}, {meta['machine']}, model "
          f"{meta['model']}, server at its defaults: contextTokens {ctoks}, maxTokens "
          f"{MAX_TOKENS} (single-line {SINGLE_LINE_MAX_TOKENS}), engine window "
-         f"{ENGINE_WINDOW}, greedy; wall time {meta['wall_min']:.1f} min."),
+         f"{ENGINE_WINDOW}, greedy, engine threads {meta.get('threads') or 'all CPUs'}; "
+         f"wall time {meta['wall_min']:.1f} min."),
         "",
         (f"Tasks: {meta['counts']} (seed {meta['seed']}); harness prompts cut to fit the "
          f"window: {cut}."),
@@ -1272,6 +1293,8 @@ async def main() -> None:
                     help="the server's contextTokens (default: the server's own default)")
     ap.add_argument("--also-context-tokens", type=int, default=None,
                     help="one more server pass at this contextTokens, labelled lsp@N")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="engine threads (default: the server's, all CPUs)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "quality-results.json"))
     ap.add_argument("--write-md", action="store_true")
     ap.add_argument("--from-json", help="only re-render the report of a saved run")
@@ -1298,6 +1321,7 @@ async def main() -> None:
         return
     if args.quick:
         args.line, args.single, args.multi, args.cross = 8, 6, 4, 0
+    THREADS["n"] = args.threads
     started = time.time()
 
     def log(msg: str) -> None:
@@ -1321,6 +1345,15 @@ async def main() -> None:
                                       partial_every=args.partial_every, log=log,
                                       literal=args.literal)
     rescore(tasks, eng, meta, per_file=args.per_file)
+    partial_out = Path(args.out).with_suffix(".engine.json")
+    partial_out.write_text(json.dumps({
+        "meta": {**meta, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                 "chat_partial_probe": probe},
+        "tasks": [{**asdict(t), "doc": None, "after": None} for t in tasks],
+        "lsp": {}, "lsp_xfile": {},
+        "engine": {k: {c: asdict(o) for c, o in v.items()} for k, v in eng.items()},
+    }, indent=1), encoding="utf-8")  # usable with --reuse-engine if a server pass fails
+    log(f"engine pass saved to {partial_out}")
     settled: dict[str, Outcome] = {}
     lsp = await run_lsp(tasks, cross_file=False, root=None,
                         context_tokens=args.context_tokens, log=log, settled=settled)
@@ -1342,6 +1375,7 @@ async def main() -> None:
                    f"Python {platform.python_version()}",
         "model": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf (llama-cpp-python)",
         "wall_min": (time.time() - started) / 60, "chat_partial_probe": probe,
+        "threads": args.threads,
     })
     table = report(tasks, lsp, lspx, eng, meta, extra)
     print(table)

@@ -59,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.quality import (
     ENGINE_WINDOW,
+    THREADS,
     Raw,
     _ask,
     _close,
@@ -137,7 +138,7 @@ def harness_prompt(task: RepoTask, *, cross: bool) -> str:
 
 
 async def run_harness(tasks: list[RepoTask], log: Any) -> dict[str, dict[str, Result]]:
-    engine = LocalEngine(threads=None, context_size=ENGINE_WINDOW)
+    engine = LocalEngine(threads=THREADS["n"], context_size=ENGINE_WINDOW)
     base, key = await engine.ensure_started()
     raw = Raw(base, key)
     out: dict[str, dict[str, Result]] = {"harness": {}, "harness-noxf": {}}
@@ -234,8 +235,10 @@ async def main() -> None:
     ap.add_argument("--data", required=True, help="a CrossCodeEval python/*.jsonl file")
     ap.add_argument("-n", type=int, default=50)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None, help="engine threads")
     ap.add_argument("--write-md", action="store_true")
     args = ap.parse_args()
+    THREADS["n"] = args.threads
     data = Path(args.data)
     if not data.is_file():
         sys.exit(f"{data}: no such file. See the docstring of bench/repo_bench.py for where "
