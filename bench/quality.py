@@ -78,6 +78,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,7 @@ from qwen_lsp.postprocess import (
     PostContext,
     postprocess,
     run_filters,
+    stream_should_stop,
     strip_invented_comment,
     strip_prefix_echo,
     trim_trailing_whitespace,
@@ -783,12 +785,27 @@ class Raw:
         self.client = httpx.AsyncClient(timeout=300, headers={"Authorization": f"Bearer {key}"},
                                         trust_env=False)
 
-    async def complete(self, prompt: str, max_tokens: int, stop: list[str]) -> tuple[str, float]:
+    async def complete(self, prompt: str, max_tokens: int, stop: list[str],
+                       until: Callable[[str], bool] | None = None) -> tuple[str, float]:
+        """Greedy completion; ``until`` closes the stream as soon as it says the text
+        so far is enough (the server's own stream check, or "one line is there")."""
         t0 = time.perf_counter()
-        r = await self.client.post(self.base + "/completions", json={
-            "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "stop": stop})
-        r.raise_for_status()
-        return r.json()["choices"][0]["text"], time.perf_counter() - t0
+        body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "stop": stop}
+        if until is None:
+            r = await self.client.post(self.base + "/completions", json=body)
+            r.raise_for_status()
+            return r.json()["choices"][0]["text"], time.perf_counter() - t0
+        text = ""
+        async with self.client.stream("POST", self.base + "/completions",
+                                      json={**body, "stream": True}) as r:
+            r.raise_for_status()
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                text += json.loads(line[6:])["choices"][0].get("text") or ""
+                if until(text):
+                    break
+        return text, time.perf_counter() - t0
 
     async def chat_probe(self) -> str:
         """Does /v1/chat/completions continue a partial assistant message?"""
@@ -813,6 +830,11 @@ def _fit_blank(text: str, task: Task) -> str:
 
 def _first_nonblank(text: str) -> str:
     return next((line for line in text.split("\n") if line.strip()), "")
+
+
+def _has_line(text: str) -> bool:
+    """A non-empty line is complete (enough for a single-line answer)."""
+    return any(line.strip() for line in text.split("\n")[:-1])
 
 
 def raw_answer(task: Task, text: str) -> str:
@@ -876,7 +898,9 @@ async def run_engine(tasks: list[Task], *, context_tokens: int | None, partial_e
             # The very request the server sends for this cursor, without post-processing.
             ctx = task_context(task, context_tokens)
             req = build_request(ctx, mode="fim", max_tokens=MAX_TOKENS, temperature=0.0)
-            text, lat = await raw.complete(req.prompt or "", req.max_tokens, req.stop)
+            pctx = post_context(ctx)
+            text, lat = await raw.complete(req.prompt or "", req.max_tokens, req.stop,
+                                           until=lambda t, c=pctx: stream_should_stop(t, c))
             r = res[task.id]
             r["raw"] = score(task, raw_answer(task, text))
             r["raw"].latency, r["raw"].raw = lat, text
@@ -896,7 +920,8 @@ async def run_engine(tasks: list[Task], *, context_tokens: int | None, partial_e
                 limit = MAX_TOKENS if task.kind == "multi" else SINGLE_LINE_MAX_TOKENS
                 prompt, was_cut = harness_prompt(task, limit)
                 stop = [*specials, "\n"] if task.kind in ("single", "cross") else specials
-                text, lat = await raw.complete(prompt, limit, stop)
+                one_line = None if task.kind == "multi" else _has_line
+                text, lat = await raw.complete(prompt, limit, stop, until=one_line)
                 r = res[task.id]
                 r["harness"] = score(task, harness_answer(task, text))
                 r["harness"].latency, r["harness"].raw = lat, text
