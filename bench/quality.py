@@ -124,6 +124,9 @@ ENGINE_WINDOW = SERVER_DEFAULTS.context_size  # the local engine's n_ctx
 # Engine threads for every engine this run starts (None: the server's default, all CPUs).
 # On a shared, busy machine one thread avoids llama.cpp's spin-waits on a descheduled peer.
 THREADS: dict[str, int | None] = {"n": None}
+# Largest source file tasks are cut from (--max-file-chars): small files make the
+# harness baseline cheap (and uncut) on a slow machine.
+MAX_FILE_CHARS = {"py": 150_000, "js": 80_000}
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 NPM_DIRS = ("/usr/lib/node_modules/npm", "/usr/local/lib/node_modules/npm")
 CROSS_PACKAGES = (
@@ -163,7 +166,8 @@ def _lines(text: str) -> list[str]:
 
 
 def _py_files(rng: random.Random) -> list[Path]:
-    files = sorted(p for p in STDLIB.glob("*.py") if 4000 < p.stat().st_size < 150_000)
+    files = sorted(p for p in STDLIB.glob("*.py")
+                   if 4000 < p.stat().st_size < MAX_FILE_CHARS["py"])
     files = [p for p in files if not is_excluded(p, DEFAULT_EXCLUDE)]
     rng.shuffle(files)
     return files
@@ -176,7 +180,7 @@ def _js_files(rng: random.Random) -> list[Path]:
     files = []
     for name in sorted(glob.glob(str(base / "**" / "*.js"), recursive=True)):
         p = Path(name)
-        if ".min." in p.name or not 3000 < p.stat().st_size < 80_000:
+        if ".min." in p.name or not 3000 < p.stat().st_size < MAX_FILE_CHARS["js"]:
             continue
         text = p.read_text(encoding="utf-8", errors="replace")
         lines = text.split("\n")
@@ -1320,6 +1324,8 @@ async def main() -> None:
                     help="one more server pass at this contextTokens, labelled lsp@N")
     ap.add_argument("--threads", type=int, default=None,
                     help="engine threads (default: the server's, all CPUs)")
+    ap.add_argument("--max-file-chars", type=int, default=None,
+                    help="only cut tasks from source files smaller than this")
     ap.add_argument("--out", default=str(ROOT / "bench" / "quality-results.json"))
     ap.add_argument("--write-md", action="store_true")
     ap.add_argument("--from-json", help="only re-render the report of a saved run")
@@ -1347,6 +1353,8 @@ async def main() -> None:
     if args.quick:
         args.line, args.single, args.multi, args.cross = 8, 6, 4, 0
     THREADS["n"] = args.threads
+    if args.max_file_chars:
+        MAX_FILE_CHARS.update(py=args.max_file_chars, js=args.max_file_chars)
     started = time.time()
 
     def log(msg: str) -> None:
@@ -1400,7 +1408,7 @@ async def main() -> None:
                    f"Python {platform.python_version()}",
         "model": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf (llama-cpp-python)",
         "wall_min": (time.time() - started) / 60, "chat_partial_probe": probe,
-        "threads": args.threads,
+        "threads": args.threads, "max_file_chars": args.max_file_chars,
     })
     table = report(tasks, lsp, lspx, eng, meta, extra)
     print(table)
