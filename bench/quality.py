@@ -1153,10 +1153,12 @@ def report(tasks: list[Task], lsp: dict[str, Outcome], lspx: dict[str, Outcome],
             diffs.append(f"| {kind} | {left} − {right} | {' | '.join(cells)} | "
                          f"{wins} / {losses}, p = {p:.3f} |")
     cut = sum(eng[t.id]["harness"].cut for t in tasks if "harness" in eng[t.id])
-    ctoks = meta["context_tokens"] or SERVER_DEFAULTS.context_tokens
+    ctoks = (f"contextTokens {meta['context_tokens']} (set by --context-tokens)"
+             if meta["context_tokens"] else
+             f"contextTokens {SERVER_DEFAULTS.context_tokens} (the server's default)")
     lines = [
         (f"Run: `{meta['command']}` — {meta['date']}, {meta['machine']}, model "
-         f"{meta['model']}, server at its defaults: contextTokens {ctoks}, maxTokens "
+         f"{meta['model']}, {ctoks}, other settings at their defaults: maxTokens "
          f"{MAX_TOKENS} (single-line {SINGLE_LINE_MAX_TOKENS}), engine window "
          f"{ENGINE_WINDOW}, greedy, engine threads {meta.get('threads') or 'all CPUs'}; "
          f"wall time {meta['wall_min']:.1f} min."),
