@@ -1207,9 +1207,13 @@ code before the cursor + `<|fim_suffix|>` + the whole code after it +
 `<|fim_middle|>`, uncut when it fits the engine window, greedy, first
 (non-empty) line for single-line tasks, the whole output for multi-line ones
 (`harness-nlines`: cut to the answer's line count, as published evaluations
-do, which needs the answer); `raw` is the server's own request (same prompt,
-same stop and token limits) shown without post-processing; `post-offline` is
-our post-processing over that raw output (no streaming early stop);
+do, which needs the answer); `raw` is the request `build_context` +
+`build_request` make at the configured contextTokens (same layout, stop and
+token limits; generation stopped where the server's stream check stops it),
+shown without post-processing. Since commit a558afa the server itself gives
+the local engine a smaller window when the engine is slow (about a second of
+prompt processing), so on a busy machine `lsp` may see less code than `raw`;
+`post-offline` is our post-processing over the raw output;
 `post+comment` adds the candidate filter that drops a comment the model put
 after the code of a line. `lsp-settled` asks again at the same place 6 s later
 (multi-line tasks: the engine answers with the complete lines it has after
