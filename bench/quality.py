@@ -127,6 +127,7 @@ THREADS: dict[str, int | None] = {"n": None}
 # Largest source file tasks are cut from (--max-file-chars): small files make the
 # harness baseline cheap (and uncut) on a slow machine.
 MAX_FILE_CHARS = {"py": 150_000, "js": 80_000}
+SERVER_ENV: dict[str, str] = {}  # --server-env: settings for every server pass
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 NPM_DIRS = ("/usr/lib/node_modules/npm", "/usr/local/lib/node_modules/npm")
 CROSS_PACKAGES = (
@@ -626,6 +627,7 @@ def _server_env(tmp: Path, **extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     if THREADS["n"]:
         env["QWEN_LSP_THREADS"] = str(THREADS["n"])
+    env.update(SERVER_ENV)
     env.update(extra)
     return env
 
@@ -1161,7 +1163,8 @@ def report(tasks: list[Task], lsp: dict[str, Outcome], lspx: dict[str, Outcome],
          f"{meta['model']}, {ctoks}, other settings at their defaults: maxTokens "
          f"{MAX_TOKENS} (single-line {SINGLE_LINE_MAX_TOKENS}), engine window "
          f"{ENGINE_WINDOW}, greedy, engine threads {meta.get('threads') or 'all CPUs'}; "
-         f"wall time {meta['wall_min']:.1f} min."),
+         f"wall time {meta['wall_min']:.1f} min."
+         + (f" Server settings: {meta['server_env']}." if meta.get("server_env") else "")),
         "",
         (f"Tasks: {meta['counts']} (seed {meta['seed']}); harness prompts cut to fit the "
          f"window: {cut}."),
@@ -1330,6 +1333,8 @@ async def main() -> None:
                     help="one more server pass at this contextTokens, labelled lsp@N")
     ap.add_argument("--threads", type=int, default=None,
                     help="engine threads (default: the server's, all CPUs)")
+    ap.add_argument("--server-env", action="append", default=[], metavar="QWEN_LSP_X=V",
+                    help="a setting for every server pass, e.g. QWEN_LSP_ADAPTIVE_BUDGET=false")
     ap.add_argument("--max-file-chars", type=int, default=None,
                     help="only cut tasks from source files smaller than this")
     ap.add_argument("--out", default=str(ROOT / "bench" / "quality-results.json"))
@@ -1359,6 +1364,7 @@ async def main() -> None:
     if args.quick:
         args.line, args.single, args.multi, args.cross = 8, 6, 4, 0
     THREADS["n"] = args.threads
+    SERVER_ENV.update(kv.split("=", 1) for kv in args.server_env)
     if args.max_file_chars:
         MAX_FILE_CHARS.update(py=args.max_file_chars, js=args.max_file_chars)
     started = time.time()
@@ -1415,6 +1421,7 @@ async def main() -> None:
         "model": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf (llama-cpp-python)",
         "wall_min": (time.time() - started) / 60, "chat_partial_probe": probe,
         "threads": args.threads, "max_file_chars": args.max_file_chars,
+        "server_env": dict(SERVER_ENV),
     })
     table = report(tasks, lsp, lspx, eng, meta, extra)
     print(table)
