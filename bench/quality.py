@@ -1,47 +1,62 @@
 """Completion quality on real code, end to end through the language server.
 
-Run: ``python bench/quality.py`` (full, about 25 min on 2 cores) or
-``python bench/quality.py --quick`` (a few minutes). ``--write-md`` replaces
-the quality section of BENCHMARKS.md with the results table.
+Run: ``nice -n 15 python bench/quality.py --write-md`` (about 40 min on 2
+shared cores at the defaults: 40 line, 30 single, 12 multi tasks) or
+``--quick`` (a few minutes). ``--write-md`` replaces the quality section of
+BENCHMARKS.md with the results. ``--from-json bench/quality-results.json
+--rescore`` re-runs only the post-processing over the saved model outputs.
 
 Tasks are cut deterministically (``--seed``) from code nobody here wrote: the
 Python standard library on this machine and the JavaScript files bundled with
-node's npm. Three kinds:
+node's npm. Four kinds:
 
+* line: one whole line was deleted and the cursor sits at column 0 of its
+  empty line; the answer is the line. In JavaScript a third of these lines
+  start with a closer (``}``, ``} else {``, ``});``).
 * single: the cursor is mid-line, the rest of the line was deleted; the
   answer is that rest.
 * multi: the body (2-8 lines) of a block was deleted, the cursor sits on an
   indented empty line below the block opener; the answer is the body.
-* cross: like single, but the deleted text starts with a name defined in a
-  sibling module of the same stdlib package (``from .decoder import X``),
-  within the cursor's window that name does not appear.
+* cross (``--cross N``): like single, but the deleted text starts with a name
+  defined in a sibling module of the same stdlib package, and within the
+  cursor's window that name does not appear.
 
 Configurations, all on the same local model (Qwen2.5-Coder-0.5B GGUF):
 
-* ``lsp``: ``python -m qwen_lsp`` over stdio, provider local (it starts its own
-  llama.cpp engine), manual inline-completion requests, crossFile off; this is
-  the product: prompt layout + streaming early stop + post-processing.
-* ``lsp+xfile``: a second server with crossFile on and the workspace root set
-  to the stdlib directory; for cross tasks the sibling module is opened first.
-* ``raw``: the same file-level FIM prompt (built by qwen_lsp.context/prompts)
-  sent to our own engine's ``/v1/completions``, greedy, no post-processing;
-  single-line tasks keep the first line (what llm-ls does).
-* ``raw-literal`` / ``post-literal`` (multi only): the prompt split literally
-  at the cursor on the blank line, raw and post-processed.
-* ``partial`` / ``partial-raw``: partial mode. llama-cpp-python's chat endpoint
-  does not continue a partial assistant turn (checked and recorded at the start
-  of every run), so the Qwen chat template is rendered by hand with the
-  assistant turn left open and sent to ``/v1/completions``; the output is
-  post-processed with ``echo_prefix=True`` (partial) or cut at its first line
-  (partial-raw, single tasks only).
+* ``lsp``: ``python -m qwen_lsp`` over stdio at its default settings, provider
+  local (it starts its own llama.cpp engine), manual inline-completion
+  requests, crossFile off; this is the product: prompt layout + streaming early
+  stop + post-processing. ``--also-context-tokens N`` adds a labelled
+  ``lsp@N`` pass.
+* ``lsp+xfile``: crossFile on, workspace root the stdlib directory; for cross
+  tasks the sibling module is opened first.
+* ``harness``: the model's published FIM layout sent straight to the engine:
+  ``<|fim_prefix|>`` + the whole document before the cursor +
+  ``<|fim_suffix|>`` + the whole document after it + ``<|fim_middle|>``,
+  uncut when it fits the engine window (else a quarter of the room for the
+  suffix), greedy; the first (non-empty) line for single-line tasks, the
+  whole output for multi-line ones (``harness-nlines``: cut to the answer's
+  line count, as published FIM evaluations do).
+* ``raw``: the server's own request for the cursor (``build_context`` with the
+  server's settings, then ``build_request``) sent to the engine and shown with
+  no post-processing: the first line for single-line tasks.
+* ``post-offline`` / ``post+comment``: our post-processing over that raw
+  output, without / with the candidate filter ``strip_invented_comment``.
+  The per-filter table runs the pipeline with and without each filter.
+* ``--literal``: ``raw-literal`` / ``post-literal`` (multi only), the prompt
+  split literally at the cursor on the blank line.
+* ``--partial-every K``: partial mode on every k-th task. llama-cpp-python's chat
+  endpoint does not continue a partial assistant turn, so the Qwen chat
+  template is rendered by hand with the assistant turn left open.
 
 Metrics per task: exact match (lines compared with trailing whitespace
 stripped), edit similarity (difflib ratio of the completed region), harmful
-(a suggestion was shown and it duplicates the next suffix line, or it makes a
-Python file that parsed no longer parse, or its indentation is wrong, where
-the correct answer would not do the same), latency (client-observed for the
-LSP configurations). Intervals: Wilson 95 % for shares, bootstrap 95 % for
-means and paired differences.
+(a suggestion was shown and it duplicates the next suffix line or the closers
+right of the cursor, or it makes a Python file that parsed no longer parse, or
+its indentation is wrong, where the correct answer would not do the same),
+latency (client-observed for the LSP configurations). Intervals: Wilson 95 %
+for shares, bootstrap 95 % for means and paired differences, and an exact
+sign test on exact match for paired configurations.
 """
 
 from __future__ import annotations
@@ -63,6 +78,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,21 +91,44 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import write_section
-from qwen_lsp.context import CompletionContext, build_context
+from qwen_lsp.context import CHARS_PER_TOKEN, CompletionContext, build_context
 from qwen_lsp.documents import Document
 from qwen_lsp.engine import post_context
 from qwen_lsp.exclude import is_excluded
-from qwen_lsp.postprocess import postprocess
+from qwen_lsp.postprocess import (
+    PIPELINE,
+    Filter,
+    PostContext,
+    postprocess,
+    run_filters,
+    stream_should_stop,
+    strip_invented_comment,
+    strip_prefix_echo,
+    trim_trailing_whitespace,
+)
 from qwen_lsp.prompts import (
+    FIM_MIDDLE,
+    FIM_PREFIX,
+    FIM_SUFFIX,
     SINGLE_LINE_MAX_TOKENS,
+    build_request,
     fim_prompt,
     partial_messages,
 )
 from qwen_lsp.providers.base import QWEN_SPECIAL_TOKENS
 from qwen_lsp.providers.local import LocalEngine
-from qwen_lsp.settings import DEFAULT_EXCLUDE
+from qwen_lsp.settings import DEFAULT_EXCLUDE, Settings
 
-MAX_TOKENS = 128
+SERVER_DEFAULTS = Settings()
+MAX_TOKENS = SERVER_DEFAULTS.max_tokens
+ENGINE_WINDOW = SERVER_DEFAULTS.context_size  # the local engine's n_ctx
+# Engine threads for every engine this run starts (None: the server's default, all CPUs).
+# On a shared, busy machine one thread avoids llama.cpp's spin-waits on a descheduled peer.
+THREADS: dict[str, int | None] = {"n": None}
+# Largest source file tasks are cut from (--max-file-chars): small files make the
+# harness baseline cheap (and uncut) on a slow machine.
+MAX_FILE_CHARS = {"py": 150_000, "js": 80_000}
+SERVER_ENV: dict[str, str] = {}  # --server-env: settings for every server pass
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 NPM_DIRS = ("/usr/lib/node_modules/npm", "/usr/local/lib/node_modules/npm")
 CROSS_PACKAGES = (
@@ -129,7 +168,8 @@ def _lines(text: str) -> list[str]:
 
 
 def _py_files(rng: random.Random) -> list[Path]:
-    files = sorted(p for p in STDLIB.glob("*.py") if 4000 < p.stat().st_size < 150_000)
+    files = sorted(p for p in STDLIB.glob("*.py")
+                   if 4000 < p.stat().st_size < MAX_FILE_CHARS["py"])
     files = [p for p in files if not is_excluded(p, DEFAULT_EXCLUDE)]
     rng.shuffle(files)
     return files
@@ -142,7 +182,7 @@ def _js_files(rng: random.Random) -> list[Path]:
     files = []
     for name in sorted(glob.glob(str(base / "**" / "*.js"), recursive=True)):
         p = Path(name)
-        if ".min." in p.name or not 3000 < p.stat().st_size < 80_000:
+        if ".min." in p.name or not 3000 < p.stat().st_size < MAX_FILE_CHARS["js"]:
             continue
         text = p.read_text(encoding="utf-8", errors="replace")
         lines = text.split("\n")
@@ -277,6 +317,73 @@ def _multi_task(path: Path, text: str, lang: str, header: int, first: int, last:
         target=text[start + len(body_indent) : end], region_start=start, region_end=end,
         after=text[end:],
     )
+
+
+def _line_candidates(text: str, lang: str) -> list[int]:
+    """0-based lines that may go missing whole: one-line statements, block headers and,
+    in JavaScript, every code line (closers such as ``}`` and ``} else {`` included)."""
+    lines = _lines(text)
+    if lang == "python":
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            return []
+        out = set(_python_single_lines(text))
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            header = lines[node.lineno - 1] if isinstance(node, ast.stmt) else ""
+            if isinstance(body, list) and body and header.rstrip().endswith(":"):
+                out.add(node.lineno - 1)
+    else:
+        out = {i for i, ln in enumerate(lines)
+               if ln.strip() and not ln.strip().startswith(("//", "*", "/*"))}
+    return sorted(i for i in out if i > 20 and i + 1 < len(lines) and len(lines[i]) <= 110
+                  and lines[i].strip() and not lines[i].strip().startswith(("#", "@")))
+
+
+def _line_task(path: Path, text: str, lang: str, ln: int) -> Task:
+    """The whole line is missing: the cursor sits on its now empty line, column 0."""
+    lines = _lines(text)
+    start = sum(len(x) + 1 for x in lines[:ln])
+    line = lines[ln]
+    return Task(
+        id=f"line:{path.name}:{ln + 1}", kind="line", lang=lang, file=str(path),
+        doc=text[:start] + text[start + len(line) :], offset=start, line=ln, col=0,
+        target=line.rstrip(), region_start=start, region_end=start + len(line),
+        after=text[start + len(line) :],
+    )
+
+
+def build_line_tasks(seed: int, n_line: int, per_file: int) -> list[Task]:
+    """One missing line per task, Python and JavaScript alternating, clustered per file."""
+    rng = random.Random(seed + 2)
+    py, js = _py_files(rng), _js_files(rng)
+    tasks: list[Task] = []
+    turn = 0
+    while len(tasks) < n_line and (py or js):
+        pool = js if (turn % 2 and js) or not py else py
+        lang = "javascript" if pool is js else "python"
+        path = pool.pop(0)
+        turn += 1
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if not text.isascii():
+            continue
+        cands = _line_candidates(text, lang)
+        if not cands:
+            continue
+        center = rng.choice(cands)
+        near = [i for i in cands if abs(i - center) <= 40]
+        rng.shuffle(near)
+        k = min(per_file, n_line - len(tasks))
+        lines = _lines(text)
+        # JavaScript: a third of the picks are lines that start with a closer
+        # ("}", "} else {", "});"), about their share of the code.
+        closing = [i for i in near if lines[i].strip()[:1] in ")]}"]
+        picked = closing[: k // 3] if lang == "javascript" else []
+        picked += [i for i in near if i not in picked][: k - len(picked)]
+        for ln in sorted(picked):
+            tasks.append(_line_task(path, text, lang, ln))
+    return tasks
 
 
 def build_tasks(seed: int, n_single: int, n_multi: int, per_file: int) -> list[Task]:
@@ -417,6 +524,7 @@ class Outcome:
     why: str = ""
     latency: float | None = None
     raw: str = ""
+    cut: bool = False  # harness: the file did not fit the window
 
 
 def _norm(text: str) -> str:
@@ -518,6 +626,9 @@ def _server_env(tmp: Path, **extra: str) -> dict[str, str]:
            if not k.startswith("QWEN_LSP_") and k not in ("DASHSCOPE_API_KEY",)}
     env["XDG_CONFIG_HOME"] = str(tmp / "config")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    if THREADS["n"]:
+        env["QWEN_LSP_THREADS"] = str(THREADS["n"])
+    env.update(SERVER_ENV)
     env.update(extra)
     return env
 
@@ -578,15 +689,17 @@ def _inserted(result: Any, doc: Document, task: Task, encoding: str) -> tuple[st
 
 
 async def run_lsp(tasks: list[Task], *, cross_file: bool, root: Path | None,
-                  context_tokens: int, log: Any,
+                  context_tokens: int | None, log: Any,
                   settled: dict[str, Outcome] | None = None) -> dict[str, Outcome]:
     """One server process; every task opened, asked once (manual trigger), closed."""
     out: dict[str, Outcome] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        budget = {"QWEN_LSP_CONTEXT_TOKENS": str(context_tokens)} if context_tokens else {}
+        # Defaults everywhere but the time box: a busy shared machine must not turn
+        # slow answers into empty ones (quality is measured here, latency elsewhere).
         env = _server_env(Path(tmp), QWEN_LSP_PROVIDER="local",
                           QWEN_LSP_CROSS_FILE="true" if cross_file else "false",
-                          QWEN_LSP_CONTEXT_TOKENS=str(context_tokens),
-                          QWEN_LSP_TIMEOUT_MS="90000", QWEN_LSP_MAX_TOKENS=str(MAX_TOKENS))
+                          QWEN_LSP_TIMEOUT_MS="90000", **budget)
         client, encoding = await _start(env, root)
         try:
             warm = "file:///tmp/qwen-bench-warmup.py"
@@ -638,12 +751,39 @@ def chat_template(messages: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
-def task_context(task: Task, context_tokens: int, *, blank_layout: bool = True,
+def task_context(task: Task, context_tokens: int | None, *, blank_layout: bool = True,
                  path: str | None = None) -> CompletionContext:
+    """The context the server builds for this task (same settings as ``server.py``)."""
     uri = Path(task.file).as_uri()
     return build_context(task.doc, task.offset, uri=uri, path=path or Path(task.file).name,
-                         language=task.lang, version=1, context_tokens=context_tokens,
-                         manual=True, blank_line_layout=blank_layout)
+                         language=task.lang, version=1,
+                         context_tokens=context_tokens or SERVER_DEFAULTS.context_tokens,
+                         manual=True, blank_line_layout=blank_layout,
+                         max_output_tokens=MAX_TOKENS, context_window=ENGINE_WINDOW)
+
+
+def harness_prompt(task: Task, max_tokens: int) -> tuple[str, bool]:
+    """The model's published FIM layout: the whole code before and after the cursor.
+
+    Uncut when it fits the engine's window (with room for the answer); otherwise the
+    suffix keeps at most a quarter of the room (Qwen's own eval keeps 2,048 of 8,192)
+    and the prefix the rest, both cut at line boundaries. Returns (prompt, was cut).
+    """
+    before, after = task.doc[: task.offset], task.doc[task.offset :]
+    room = int((ENGINE_WINDOW - max_tokens - 16) * CHARS_PER_TOKEN)
+    cut = len(before) + len(after) > room
+    if cut:
+        keep_after = min(len(after), room // 4)
+        keep_before = room - keep_after
+        if len(before) < keep_before:
+            keep_after = min(len(after), room - len(before))
+        tail = after[:keep_after]
+        after = tail[: tail.rfind("\n") + 1] if "\n" in tail else tail
+        head = before[len(before) - min(len(before), room - len(after)) :]
+        if len(head) < len(before) and "\n" in head:
+            head = head[head.index("\n") + 1 :]
+        before = head
+    return f"{FIM_PREFIX}{before}{FIM_SUFFIX}{after}{FIM_MIDDLE}", cut
 
 
 class Raw:
@@ -652,12 +792,27 @@ class Raw:
         self.client = httpx.AsyncClient(timeout=300, headers={"Authorization": f"Bearer {key}"},
                                         trust_env=False)
 
-    async def complete(self, prompt: str, max_tokens: int, stop: list[str]) -> tuple[str, float]:
+    async def complete(self, prompt: str, max_tokens: int, stop: list[str],
+                       until: Callable[[str], bool] | None = None) -> tuple[str, float]:
+        """Greedy completion; ``until`` closes the stream as soon as it says the text
+        so far is enough (the server's own stream check, or "one line is there")."""
         t0 = time.perf_counter()
-        r = await self.client.post(self.base + "/completions", json={
-            "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "stop": stop})
-        r.raise_for_status()
-        return r.json()["choices"][0]["text"], time.perf_counter() - t0
+        body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "stop": stop}
+        if until is None:
+            r = await self.client.post(self.base + "/completions", json=body)
+            r.raise_for_status()
+            return r.json()["choices"][0]["text"], time.perf_counter() - t0
+        text = ""
+        async with self.client.stream("POST", self.base + "/completions",
+                                      json={**body, "stream": True}) as r:
+            r.raise_for_status()
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                text += json.loads(line[6:])["choices"][0].get("text") or ""
+                if until(text):
+                    break
+        return text, time.perf_counter() - t0
 
     async def chat_probe(self) -> str:
         """Does /v1/chat/completions continue a partial assistant message?"""
@@ -680,62 +835,213 @@ def _fit_blank(text: str, task: Task) -> str:
     return text
 
 
-async def run_engine(tasks: list[Task], *, context_tokens: int, partial_every: int,
-                     log: Any) -> tuple[dict[str, dict[str, Outcome]], str]:
-    engine = LocalEngine(threads=None, context_size=4096)
+def _first_nonblank(text: str) -> str:
+    return next((line for line in text.split("\n") if line.strip()), "")
+
+
+def _has_line(text: str) -> bool:
+    """A non-empty line is complete (enough for a single-line answer)."""
+    return any(line.strip() for line in text.split("\n")[:-1])
+
+
+def raw_answer(task: Task, text: str) -> str:
+    """The model's text as a client that does no post-processing would insert it:
+    the first line for single-line tasks (after the newline the blank-line layout
+    asks for), the whole text for multi-line ones."""
+    if task.kind == "multi":
+        return _fit_blank(text, task)
+    if task.kind == "line":
+        return first_line(_fit_blank(text, task))
+    return first_line(text)
+
+
+def harness_answer(task: Task, text: str, *, n_lines: bool = False) -> str:
+    """The harness baseline's answer: the first non-empty line for single-line tasks;
+    for multi-line ones the whole text, or (``n_lines``) as many lines as the answer
+    has, which is what published FIM evaluations do (they know the answer's length)."""
+    if task.kind != "multi":
+        return _first_nonblank(text) if task.kind == "line" else first_line(text)
+    if n_lines:
+        return "\n".join(text.split("\n")[: task.target.count("\n") + 1])
+    return text
+
+
+def _with_comment_filter() -> tuple[Filter, ...]:
+    """PIPELINE with strip_invented_comment, or without it when it is already there."""
+    if strip_invented_comment in PIPELINE:
+        return tuple(f for f in PIPELINE if f is not strip_invented_comment)
+    at = PIPELINE.index(trim_trailing_whitespace)
+    return (*PIPELINE[:at], strip_invented_comment, *PIPELINE[at:])
+
+
+COMMENT_VARIANT = "post+comment" if strip_invented_comment not in PIPELINE else "post-comment"
+
+
+def _post(task: Task, text: str, ctx: CompletionContext,
+          filters: tuple[Filter, ...] = PIPELINE) -> Outcome:
+    sug = run_filters(text, post_context(ctx), filters)
+    return score(task, sug.text if sug else None, sug.replace_suffix_chars if sug else 0)
+
+
+def offline_variants(task: Task, ctx: CompletionContext, text: str) -> dict[str, Outcome]:
+    """Post-processing of one raw model output, with and without the comment filter."""
+    return {"post-offline": _post(task, text, ctx),
+            COMMENT_VARIANT: _post(task, text, ctx, _with_comment_filter())}
+
+
+async def run_engine(tasks: list[Task], *, context_tokens: int | None, partial_every: int,
+                     log: Any, literal: bool = False, harness: bool = True,
+                     ) -> tuple[dict[str, dict[str, Outcome]], str]:
+    """Engine-only configurations, one pass per prompt layout (nearby tasks of one file
+    then share their prompt start in llama.cpp's cache, as they do in an editor)."""
+    engine = LocalEngine(threads=THREADS["n"], context_size=ENGINE_WINDOW)
     base, key = await engine.ensure_started()
     raw = Raw(base, key)
-    res: dict[str, dict[str, Outcome]] = {}
+    res: dict[str, dict[str, Outcome]] = {t.id: {} for t in tasks}
     specials = list(QWEN_SPECIAL_TOKENS)
     try:
         probe = await raw.chat_probe()
         for i, task in enumerate(tasks):
+            # The very request the server sends for this cursor, without post-processing.
             ctx = task_context(task, context_tokens)
-            post = post_context(ctx)
-            single = task.kind != "multi"
-            limit = SINGLE_LINE_MAX_TOKENS if single else MAX_TOKENS
-            r: dict[str, Outcome] = {}
-            # Single-line: generation stops at the first newline, which yields
-            # exactly the first line of the full output (greedy decoding).
-            stop = [*specials, "\n"] if single else specials
-            text, lat = await raw.complete(fim_prompt(ctx), limit, stop)
-            cut = first_line(text) if single else _fit_blank(text, task)
-            r["raw"] = score(task, cut)
+            req = build_request(ctx, mode="fim", max_tokens=MAX_TOKENS, temperature=0.0)
+            pctx = post_context(ctx)
+            text, lat = await raw.complete(req.prompt or "", req.max_tokens, req.stop,
+                                           until=lambda t, c=pctx: stream_should_stop(t, c))
+            r = res[task.id]
+            r["raw"] = score(task, raw_answer(task, text))
             r["raw"].latency, r["raw"].raw = lat, text
-            sug = postprocess(text, post)
-            r["post-offline"] = score(task, sug.text if sug else None,
-                                      sug.replace_suffix_chars if sug else 0)
-            if not single:
+            r.update(offline_variants(task, ctx, text))
+            if literal and task.kind == "multi":
                 lctx = task_context(task, context_tokens, blank_layout=False)
-                ltext, llat = await raw.complete(fim_prompt(lctx), limit, specials)
+                ltext, llat = await raw.complete(fim_prompt(lctx), MAX_TOKENS, specials)
                 r["raw-literal"] = score(task, ltext)
                 r["raw-literal"].latency = llat
                 lsug = postprocess(ltext, post_context(lctx))
                 r["post-literal"] = score(task, lsug.text if lsug else None,
                                           lsug.replace_suffix_chars if lsug else 0)
-            res[task.id] = r
             log(f"  raw {i + 1}/{len(tasks)} {task.id} {lat:.1f}s em={int(r['raw'].em)} "
                 f"post-em={int(r['post-offline'].em)}")
+        if harness:
+            for i, task in enumerate(tasks):
+                limit = MAX_TOKENS if task.kind == "multi" else SINGLE_LINE_MAX_TOKENS
+                prompt, was_cut = harness_prompt(task, limit)
+                stop = [*specials, "\n"] if task.kind in ("single", "cross") else specials
+                one_line = None if task.kind == "multi" else _has_line
+                text, lat = await raw.complete(prompt, limit, stop, until=one_line)
+                r = res[task.id]
+                r["harness"] = score(task, harness_answer(task, text))
+                r["harness"].latency, r["harness"].raw = lat, text
+                r["harness"].cut = was_cut
+                if task.kind == "multi":
+                    r["harness-nlines"] = score(task, harness_answer(task, text, n_lines=True))
+                log(f"  harness {i + 1}/{len(tasks)} {task.id} {lat:.1f}s "
+                    f"em={int(r['harness'].em)}{' (cut)' if was_cut else ''}")
         if partial_every:
             chosen = [t for i, t in enumerate(tasks) if i % partial_every == 0]
             for i, task in enumerate(chosen):
                 ctx = task_context(task, context_tokens)
                 prompt = chat_template(partial_messages(ctx))
-                single = task.kind != "multi"
-                limit = SINGLE_LINE_MAX_TOKENS if single else MAX_TOKENS
+                limit = MAX_TOKENS if ctx.multiline else SINGLE_LINE_MAX_TOKENS
                 text, lat = await raw.complete(prompt, limit, ["<|im_end|>", *specials])
                 sug = postprocess(text, post_context(ctx), echo_prefix=True)
                 o = score(task, sug.text if sug else None,
                           sug.replace_suffix_chars if sug else 0)
                 o.latency, o.raw = lat, text
                 res[task.id]["partial"] = o
-                if single:
+                if task.kind != "multi":
                     res[task.id]["partial-raw"] = score(task, first_line(text))
                 log(f"  partial {i + 1}/{len(chosen)} {task.id} {lat:.1f}s em={int(o.em)}")
     finally:
         await raw.client.aclose()
         await engine.stop()
     return res, probe
+
+
+# =========================================================================== filters
+
+
+def _emptied_by(text: str, ctx: PostContext, filters: tuple[Filter, ...]) -> str | None:
+    """Name of the filter that left nothing of ``text`` (None: something was shown)."""
+    replace = 0
+    for step in filters:
+        if step is strip_prefix_echo:
+            continue
+        out = step(text, ctx)
+        text, replace = (out.text, out.replace_suffix_chars) if hasattr(out, "text") else (
+            out, replace)
+        if not text:
+            return step.__name__
+    if not text.strip() or text == ctx.line_suffix[:replace]:
+        return "no-op"
+    return None
+
+
+@dataclass
+class FilterRow:
+    kind: str
+    name: str
+    changed: int = 0  # tasks whose final answer differs without this filter
+    removed_right: int = 0  # right without it, wrong (or nothing) with it
+    fixed_wrong: int = 0  # wrong without it, right with it
+    dropped_right: int = 0  # it left nothing where the answer without it was right
+    dropped_wrong: int = 0  # it left nothing where the answer without it was wrong
+    harm_prevented: int = 0  # harmful without it, not harmful with it
+    harm_caused: int = 0
+
+
+def filter_table(tasks: list[Task], eng: dict[str, dict[str, Outcome]],
+                 context_tokens: int | None) -> list[FilterRow]:
+    """Each filter's wins and losses: the pipeline with and without it, over the raw
+    outputs of the server's own prompt (offline: no streaming early stop)."""
+    rows: dict[tuple[str, str], FilterRow] = {}
+    candidates = [f for f in _with_comment_filter() if f not in PIPELINE]
+    for task in tasks:
+        r = eng.get(task.id, {})
+        if "raw" not in r:
+            continue
+        ctx = task_context(task, context_tokens)
+        pctx = post_context(ctx)
+        text = r["raw"].raw
+        full = _post(task, text, ctx)
+        for f in (*[f for f in PIPELINE if f is not strip_prefix_echo], *candidates):
+            if f in PIPELINE:
+                with_f, without = full, _post(task, text, ctx,
+                                              tuple(g for g in PIPELINE if g is not f))
+                chain = PIPELINE
+            else:
+                at = PIPELINE.index(trim_trailing_whitespace)
+                chain = (*PIPELINE[:at], f, *PIPELINE[at:])
+                with_f, without = _post(task, text, ctx, chain), full
+            name = f.__name__ + ("" if f in PIPELINE else " (candidate)")
+            row = rows.setdefault((task.kind, name), FilterRow(task.kind, name))
+            row.changed += with_f.text != without.text
+            row.removed_right += without.em and not with_f.em
+            row.fixed_wrong += with_f.em and not without.em
+            row.harm_prevented += without.harmful and not with_f.harmful
+            row.harm_caused += with_f.harmful and not without.harmful
+            if _emptied_by(text, pctx, chain) == f.__name__ and without.shown:
+                if without.em:
+                    row.dropped_right += 1
+                else:
+                    row.dropped_wrong += 1
+    return list(rows.values())
+
+
+def render_filters(rows: list[FilterRow]) -> list[str]:
+    out = [("Per filter: the pipeline with and without it over the raw outputs of the "
+           "server's prompt (tasks where the final answer differs; right/wrong by exact "
+           "match; dropped = this filter left nothing to show):"), "",
+           ("| tasks | filter | changed | removed a right answer | fixed a wrong one | "
+           "dropped right / wrong | harmful prevented / caused |"),
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if not (r.changed or r.dropped_right or r.dropped_wrong):
+            continue
+        out.append(f"| {r.kind} | {r.name} | {r.changed} | {r.removed_right} | "
+                   f"{r.fixed_wrong} | {r.dropped_right} / {r.dropped_wrong} | "
+                   f"{r.harm_prevented} / {r.harm_caused} |")
+    return out
 
 
 # =========================================================================== report
@@ -785,19 +1091,40 @@ def _ci(ci: tuple[float, float]) -> str:
     return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
+def sign_test(a: list[Outcome], b: list[Outcome]) -> tuple[int, int, float]:
+    """Exact two-sided sign test on exact match: (a right only, b right only, p)."""
+    wins = sum(x.em and not y.em for x, y in zip(a, b, strict=True))
+    losses = sum(y.em and not x.em for x, y in zip(a, b, strict=True))
+    n = wins + losses
+    if n == 0:
+        return wins, losses, 1.0
+    k = min(wins, losses)
+    p = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return wins, losses, min(1.0, 2 * p)
+
+
+KINDS = ("line", "single", "multi", "cross")
+ENGINE_CONFIGS = ("lsp-settled", "raw", "post-offline", "post+comment", "post-comment",
+                  "harness", "harness-nlines", "raw-literal", "post-literal")
+VS_HARNESS = ("lsp", "lsp-settled", "post-offline", "post+comment", "post-comment", "raw")
+
+
 def report(tasks: list[Task], lsp: dict[str, Outcome], lspx: dict[str, Outcome],
-           eng: dict[str, dict[str, Outcome]], meta: dict[str, Any]) -> str:
+           eng: dict[str, dict[str, Outcome]], meta: dict[str, Any],
+           extra_lsp: dict[str, dict[str, Outcome]] | None = None) -> str:
     rows: list[Row] = []
     diffs: list[str] = []
-    for kind in ("single", "multi", "cross"):
+    for kind in KINDS:
         ts = [t for t in tasks if t.kind == kind]
         if not ts:
             continue
         configs: dict[str, list[Outcome]] = {"lsp": [lsp[t.id] for t in ts]}
+        for label, outs in (extra_lsp or {}).items():
+            if all(t.id in outs for t in ts):
+                configs[label] = [outs[t.id] for t in ts]
         if kind == "cross" and lspx:
             configs["lsp+xfile"] = [lspx[t.id] for t in ts]
-        names = ["lsp-settled", "raw", "post-offline", "raw-literal", "post-literal"]
-        for name in names:
+        for name in ENGINE_CONFIGS:
             if all(name in eng[t.id] for t in ts):
                 configs[name] = [eng[t.id][name] for t in ts]
         for name, outs in configs.items():
@@ -808,42 +1135,40 @@ def report(tasks: list[Task], lsp: dict[str, Outcome], lspx: dict[str, Outcome],
                                   [eng[t.id]["partial"] for t in part]))
             rows.append(summarize("lsp", kind + f" (same subset {len(part)})",
                                   [lsp[t.id] for t in part]))
-            if kind != "multi":
-                rows.append(summarize("partial-raw", kind + f" (subset {len(part)})",
-                                      [eng[t.id]["partial-raw"] for t in part]))
-        base = "raw"
-        for attr in ("em", "es", "harmful"):
-            d, ci = paired(configs["lsp"], configs[base], attr)
-            diffs.append(f"| {kind} | lsp − raw | {attr} | {100 * d:+.1f} | {_ci(ci)} |")
-        if "lsp-settled" in configs:
-            for attr in ("em", "es", "harmful"):
-                d, ci = paired(configs["lsp-settled"], configs[base], attr)
-                diffs.append(f"| {kind} | lsp-settled − raw | {attr} | {100 * d:+.1f} | "
-                             f"{_ci(ci)} |")
-        if "raw-literal" in configs:
-            for attr in ("em", "es"):
-                d, ci = paired(configs["post-offline"], configs["post-literal"], attr)
-                diffs.append(f"| {kind} | blank-line layout − literal split (both "
-                             f"post-processed) | {attr} | {100 * d:+.1f} | {_ci(ci)} |")
+        pairs: list[tuple[str, str]] = []
+        if "harness" in configs:
+            pairs += [(name, "harness") for name in (*VS_HARNESS, *(extra_lsp or {}))
+                      if name in configs]
+        pairs += [("lsp", "raw"), ("post-offline", "raw")]
         if "lsp+xfile" in configs:
-            for attr in ("em", "es"):
-                d, ci = paired(configs["lsp+xfile"], configs["lsp"], attr)
-                diffs.append(f"| {kind} | crossFile on − off | {attr} | {100 * d:+.1f} | "
-                             f"{_ci(ci)} |")
-        if part:
-            for attr in ("em", "es"):
-                d, ci = paired([lsp[t.id] for t in part], [eng[t.id]["partial"] for t in part],
-                               attr)
-                diffs.append(f"| {kind} | lsp (FIM) − partial | {attr} | {100 * d:+.1f} | "
-                             f"{_ci(ci)} |")
+            pairs.append(("lsp+xfile", "lsp"))
+        if "raw-literal" in configs:
+            pairs.append(("post-offline", "post-literal"))
+        for left, right in pairs:
+            if left not in configs or right not in configs:
+                continue
+            a_outs, b_outs = configs[left], configs[right]
+            wins, losses, p = sign_test(a_outs, b_outs)
+            cells = []
+            for attr in ("em", "es", "harmful"):
+                d, ci = paired(a_outs, b_outs, attr)
+                cells.append(f"{100 * d:+.1f} {_ci(ci)}")
+            diffs.append(f"| {kind} | {left} − {right} | {' | '.join(cells)} | "
+                         f"{wins} / {losses}, p = {p:.3f} |")
+    cut = sum(eng[t.id]["harness"].cut for t in tasks if "harness" in eng[t.id])
+    ctoks = (f"contextTokens {meta['context_tokens']} (set by --context-tokens)"
+             if meta["context_tokens"] else
+             f"contextTokens {SERVER_DEFAULTS.context_tokens} (the server's default)")
     lines = [
         (f"Run: `{meta['command']}` — {meta['date']}, {meta['machine']}, model "
-         f"{meta['model']}, contextTokens {meta['context_tokens']}, maxTokens {MAX_TOKENS} "
-         f"(single-line {SINGLE_LINE_MAX_TOKENS}), greedy; wall time {meta['wall_min']:.1f} min."),
+         f"{meta['model']}, {ctoks}, other settings at their defaults: maxTokens "
+         f"{MAX_TOKENS} (single-line {SINGLE_LINE_MAX_TOKENS}), engine window "
+         f"{ENGINE_WINDOW}, greedy, engine threads {meta.get('threads') or 'all CPUs'}; "
+         f"wall time {meta['wall_min']:.1f} min."
+         + (f" Server settings: {meta['server_env']}." if meta.get("server_env") else "")),
         "",
-        (f"Tasks: {meta['counts']} (seed {meta['seed']}). Chat endpoint probe (user asks "
-        f"for an add function, partial assistant message `def add(a, b):\\n    return a`) "
-        f"answered: \"{meta.get('chat_partial_probe', '')[:120]}\""),
+        (f"Tasks: {meta['counts']} (seed {meta['seed']}); harness prompts cut to fit the "
+         f"window: {cut}."),
         "",
         ("| config | tasks | n | shown % | exact match % [95% CI] | edit sim. % [95% CI] | "
          "harmful % [95% CI] | latency p50 / p90 s |"),
@@ -854,9 +1179,13 @@ def report(tasks: list[Task], lsp: dict[str, Outcome], lspx: dict[str, Outcome],
         lines.append(
             f"| {r.config} | {r.kind} | {r.n} | {_pct(r.shown)} | {_pct(r.em)} {_ci(r.em_ci)} | "
             f"{_pct(r.es)} {_ci(r.es_ci)} | {_pct(r.harmful)} {_ci(r.harmful_ci)} | {lat} |")
-    lines += ["", "Paired differences (percentage points, bootstrap 95% CI):", "",
-              "| tasks | comparison | metric | Δ | 95% CI |", "| --- | --- | --- | --- | --- |",
-              *diffs]
+    lines += ["", ("Paired differences (percentage points, bootstrap 95% CI; last column: "
+                   "tasks only the left / only the right config gets exactly right, exact "
+                   "two-sided sign test):"), "",
+              "| tasks | comparison | Δ exact match | Δ edit sim. | Δ harmful | sign test |",
+              "| --- | --- | --- | --- | --- | --- |", *diffs]
+    if meta.get("filters"):
+        lines += ["", *render_filters([FilterRow(**r) for r in meta["filters"]])]
     return "\n".join(lines)
 
 
@@ -870,22 +1199,31 @@ characters per token (546,150 chars, 130,858 tokens, 40 modules), JavaScript
 from npm 3.84 (96,836 chars, 25,233 tokens, 40 files); the lower figure is used
 so that budgets are not exceeded on dense code.
 
-Method: see the docstring of `bench/quality.py`. `lsp` is the product end to
-end (stdio server, provider local, manual trigger); `raw` is the same prompt
-with no post-processing (first line only for single-line tasks, as llm-ls
-does); `post-offline` runs our post-processing over that same raw output (no
-streaming early stop); `*-literal` use the editor's text split literally at
-the cursor on blank lines; `partial` is partial mode emulated on the local
-engine by rendering Qwen's chat template with the assistant turn left open
-(its `/v1/chat/completions` ignores `partial: true`: the probe in the run line
-shows it starting a new answer), only on every k-th task. `lsp` is the first
-answer the editor gets; the engine answers a multi-line request with the
-complete lines it has after 0.4 s and keeps streaming into its cache, so
-`lsp-settled` asks again at the same place 6 s later (multi-line tasks only)
-to show the whole block. Harmful = a shown suggestion that duplicates the next
-line or the closers right of the cursor, or breaks a Python file that parsed,
-or has the wrong indentation. Single-line tasks right after `(`, `[` or `{` keep the
-auto-paired closer right of the cursor, as editors insert it.
+Method: see the docstring of `bench/quality.py`. Task kinds: `line` = one whole
+line is missing and the cursor sits at column 0 of its empty line (Python from
+the standard library, JavaScript from npm, closers such as `}` and `} else {`
+included); `single` = the rest of a line after a mid-line cursor; `multi` = a
+block body of 2-8 lines; `cross` = a mid-line cursor before a name defined in a
+sibling module. Configurations: `lsp` is the product end to end (stdio server,
+provider local, manual trigger, the server's default settings); `harness` is the
+model called directly with its published FIM layout: `<|fim_prefix|>` + the whole
+code before the cursor + `<|fim_suffix|>` + the whole code after it +
+`<|fim_middle|>`, uncut when it fits the engine window, greedy, first
+(non-empty) line for single-line tasks, the whole output for multi-line ones
+(`harness-nlines`: cut to the answer's line count, as published evaluations
+do, which needs the answer); `raw` is the request `build_context` +
+`build_request` make at the configured contextTokens (same layout, stop and
+token limits; generation stopped where the server's stream check stops it),
+shown without post-processing. Since commit a558afa the server itself gives
+the local engine a smaller window when the engine is slow (about a second of
+prompt processing), so on a busy machine `lsp` may see less code than `raw`;
+`post-offline` is our post-processing over the raw output;
+`post+comment` adds the candidate filter that drops a comment the model put
+after the code of a line. `lsp-settled` asks again at the same place 6 s later
+(multi-line tasks: the engine answers with the complete lines it has after
+0.4 s and keeps streaming into its cache). Harmful = a shown suggestion that
+duplicates the next line or the closers right of the cursor, or breaks a Python
+file that parsed, or has the wrong indentation.
 """
 
 
@@ -895,7 +1233,8 @@ def write_md(section: str) -> None:
 
 
 def load_results(path: Path) -> tuple[list[Task], dict[str, Outcome], dict[str, Outcome],
-                                      dict[str, dict[str, Outcome]], dict[str, Any]]:
+                                      dict[str, dict[str, Outcome]], dict[str, Any],
+                                      dict[str, dict[str, Outcome]]]:
     data = json.loads(path.read_text(encoding="utf-8"))
     tasks = [Task(**{**t, "doc": "", "after": ""}) for t in data["tasks"]]
 
@@ -903,25 +1242,34 @@ def load_results(path: Path) -> tuple[list[Task], dict[str, Outcome], dict[str, 
         return {k: Outcome(**v) for k, v in d.items()}
 
     eng = {k: outs(v) for k, v in data["engine"].items()}
-    return tasks, outs(data["lsp"]), outs(data["lsp_xfile"]), eng, data["meta"]
+    extra = {k: outs(v) for k, v in data.get("lsp_extra", {}).items()}
+    return tasks, outs(data["lsp"]), outs(data["lsp_xfile"]), eng, data["meta"], extra
+
+
+def all_tasks(seed: int, counts: dict[str, int], per_file: int) -> list[Task]:
+    tasks = build_line_tasks(seed, counts.get("line", 0), per_file)
+    tasks += build_tasks(seed, counts.get("single", 0), counts.get("multi", 0), per_file)
+    tasks += build_cross_tasks(seed, counts.get("cross", 0))
+    return tasks
 
 
 def rescore(tasks: list[Task], eng: dict[str, dict[str, Outcome]], meta: dict[str, Any],
             *, per_file: int) -> None:
     """Post-process the saved raw outputs again with the current code (no model calls)."""
-    counts = meta["counts"]
-    fresh = build_tasks(meta["seed"], counts["single"], counts["multi"], per_file)
-    fresh += build_cross_tasks(meta["seed"], counts["cross"])
-    by_id = {t.id: t for t in fresh}
+    by_id = {t.id: t for t in all_tasks(meta["seed"], meta["counts"], per_file)}
+    ctoks = meta["context_tokens"]
     for i, old in enumerate(tasks):
         task = by_id[old.id]
         tasks[i] = task
-        ctoks = meta["context_tokens"]
         r = eng[task.id]
         ctx = task_context(task, ctoks)
-        sug = postprocess(r["raw"].raw, post_context(ctx))
-        r["post-offline"] = score(task, sug.text if sug else None,
-                                  sug.replace_suffix_chars if sug else 0)
+        r.update(offline_variants(task, ctx, r["raw"].raw))
+        if "harness" in r:
+            cut, latency, raw = r["harness"].cut, r["harness"].latency, r["harness"].raw
+            r["harness"] = score(task, harness_answer(task, raw))
+            r["harness"].cut, r["harness"].latency, r["harness"].raw = cut, latency, raw
+            if task.kind == "multi":
+                r["harness-nlines"] = score(task, harness_answer(task, raw, n_lines=True))
         if "partial" in r:
             psug = postprocess(r["partial"].raw, post_context(ctx), echo_prefix=True)
             latency, raw = r["partial"].latency, r["partial"].raw
@@ -935,6 +1283,7 @@ def rescore(tasks: list[Task], eng: dict[str, dict[str, Outcome]], meta: dict[st
             lsug = postprocess(ltext, post_context(lctx))
             r["post-literal"] = score(task, lsug.text if lsug else None,
                                       lsug.replace_suffix_chars if lsug else 0)
+    meta["filters"] = [asdict(r) for r in filter_table(tasks, eng, ctoks)]
 
 
 def calibrate(samples: int = 40, seed: int = 0) -> None:
@@ -962,13 +1311,25 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few-minute run (small sample)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--single", type=int, default=80)
-    ap.add_argument("--multi", type=int, default=30)
-    ap.add_argument("--cross", type=int, default=30)
+    ap.add_argument("--line", type=int, default=40, help="whole-line tasks")
+    ap.add_argument("--single", type=int, default=30)
+    ap.add_argument("--multi", type=int, default=12)
+    ap.add_argument("--cross", type=int, default=0)
     ap.add_argument("--per-file", type=int, default=6)
-    ap.add_argument("--partial-every", type=int, default=4,
+    ap.add_argument("--partial-every", type=int, default=0,
                     help="partial mode on every k-th task (0: never)")
-    ap.add_argument("--context-tokens", type=int, default=512)
+    ap.add_argument("--literal", action="store_true",
+                    help="also the literal split at blank lines (multi-line tasks)")
+    ap.add_argument("--context-tokens", type=int, default=None,
+                    help="the server's contextTokens (default: the server's own default)")
+    ap.add_argument("--also-context-tokens", type=int, default=None,
+                    help="one more server pass at this contextTokens, labelled lsp@N")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="engine threads (default: the server's, all CPUs)")
+    ap.add_argument("--server-env", action="append", default=[], metavar="QWEN_LSP_X=V",
+                    help="a setting for every server pass, e.g. QWEN_LSP_ADAPTIVE_BUDGET=false")
+    ap.add_argument("--max-file-chars", type=int, default=None,
+                    help="only cut tasks from source files smaller than this")
     ap.add_argument("--out", default=str(ROOT / "bench" / "quality-results.json"))
     ap.add_argument("--write-md", action="store_true")
     ap.add_argument("--from-json", help="only re-render the report of a saved run")
@@ -984,56 +1345,78 @@ async def main() -> None:
         calibrate()
         return
     if args.from_json:
-        tasks, lsp, lspx, eng, meta = load_results(Path(args.from_json))
+        tasks, lsp, lspx, eng, meta, extra = load_results(Path(args.from_json))
         if args.rescore:
             rescore(tasks, eng, meta, per_file=args.per_file)
             meta["rescored"] = True
-        table = report(tasks, lsp, lspx, eng, meta)
+        table = report(tasks, lsp, lspx, eng, meta, extra)
         print(table)
         if args.write_md:
             write_md(table)
         return
     if args.quick:
-        args.single, args.multi, args.cross, args.partial_every = 12, 6, 6, 4
+        args.line, args.single, args.multi, args.cross = 8, 6, 4, 0
+    THREADS["n"] = args.threads
+    SERVER_ENV.update(kv.split("=", 1) for kv in args.server_env)
+    if args.max_file_chars:
+        MAX_FILE_CHARS.update(py=args.max_file_chars, js=args.max_file_chars)
     started = time.time()
 
     def log(msg: str) -> None:
         print(f"[{time.time() - started:6.0f}s] {msg}", flush=True)
 
-    tasks = build_tasks(args.seed, args.single, args.multi, args.per_file)
-    tasks += build_cross_tasks(args.seed, args.cross)
-    counts = {k: sum(t.kind == k for t in tasks) for k in ("single", "multi", "cross")}
+    wanted = {"line": args.line, "single": args.single, "multi": args.multi,
+              "cross": args.cross}
+    tasks = all_tasks(args.seed, wanted, args.per_file)
+    counts = {k: sum(t.kind == k for t in tasks) for k in KINDS}
     log(f"tasks: {counts}")
+    meta: dict[str, Any] = {"seed": args.seed, "counts": counts,
+                            "context_tokens": args.context_tokens}
     if args.reuse_engine:
         # The engine pass does not involve the server: reuse a saved one and
         # post-process its raw outputs again with the current code.
-        _, _, _, eng, old_meta = load_results(Path(args.reuse_engine))
+        _, _, _, eng, old_meta, _ = load_results(Path(args.reuse_engine))
         probe = old_meta.get("chat_partial_probe", "")
-        rescore(tasks, eng, {**old_meta, "seed": args.seed}, per_file=args.per_file)
         log(f"engine results reused from {args.reuse_engine} ({old_meta['date']})")
     else:
         eng, probe = await run_engine(tasks, context_tokens=args.context_tokens,
-                                      partial_every=args.partial_every, log=log)
-    log(f"chat endpoint with a partial assistant message answered: {probe!r}")
+                                      partial_every=args.partial_every, log=log,
+                                      literal=args.literal)
+    rescore(tasks, eng, meta, per_file=args.per_file)
+    partial_out = Path(args.out).with_suffix(".engine.json")
+    partial_out.write_text(json.dumps({
+        "meta": {**meta, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                 "chat_partial_probe": probe},
+        "tasks": [{**asdict(t), "doc": None, "after": None} for t in tasks],
+        "lsp": {}, "lsp_xfile": {},
+        "engine": {k: {c: asdict(o) for c, o in v.items()} for k, v in eng.items()},
+    }, indent=1), encoding="utf-8")  # usable with --reuse-engine if a server pass fails
+    log(f"engine pass saved to {partial_out}")
     settled: dict[str, Outcome] = {}
     lsp = await run_lsp(tasks, cross_file=False, root=None,
                         context_tokens=args.context_tokens, log=log, settled=settled)
     for tid, outcome in settled.items():
         eng[tid]["lsp-settled"] = outcome
+    extra: dict[str, dict[str, Outcome]] = {}
+    if args.also_context_tokens:
+        extra[f"lsp@{args.also_context_tokens}"] = await run_lsp(
+            tasks, cross_file=False, root=None, context_tokens=args.also_context_tokens,
+            log=log)
     cross = [t for t in tasks if t.kind == "cross"]
     lspx = await run_lsp(cross, cross_file=True, root=STDLIB,
                          context_tokens=args.context_tokens, log=log) if cross else {}
     argv = " ".join(sys.argv[1:])
-    meta = {
+    meta.update({
         "command": f"python bench/quality.py {argv}".strip(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
                    f"Python {platform.python_version()}",
         "model": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf (llama-cpp-python)",
-        "context_tokens": args.context_tokens, "wall_min": (time.time() - started) / 60,
-        "counts": counts, "seed": args.seed, "chat_partial_probe": probe,
-    }
-    table = report(tasks, lsp, lspx, eng, meta)
+        "wall_min": (time.time() - started) / 60, "chat_partial_probe": probe,
+        "threads": args.threads, "max_file_chars": args.max_file_chars,
+        "server_env": dict(SERVER_ENV),
+    })
+    table = report(tasks, lsp, lspx, eng, meta, extra)
     print(table)
     Path(args.out).write_text(json.dumps({
         "meta": meta,
@@ -1041,6 +1424,8 @@ async def main() -> None:
         "tasks": [{**asdict(t), "doc": None, "after": None} for t in tasks],
         "lsp": {k: asdict(v) for k, v in lsp.items()},
         "lsp_xfile": {k: asdict(v) for k, v in lspx.items()},
+        "lsp_extra": {label: {k: asdict(v) for k, v in outs.items()}
+                      for label, outs in extra.items()},
         "engine": {k: {c: asdict(o) for c, o in v.items()} for k, v in eng.items()},
     }, indent=1), encoding="utf-8")
     if args.write_md:

@@ -39,6 +39,7 @@ __all__ = [
     "postprocess",
     "run_filters",
     "stream_should_stop",
+    "strip_invented_comment",
     "strip_prefix_echo",
     "trim_single_line",
     "trim_trailing_whitespace",
@@ -285,30 +286,45 @@ def _classify(text: str, syn: _Syntax, state: _LexState) -> tuple[str, _LexState
 
 
 @dataclass(frozen=True, slots=True)
+class _Open:
+    """A bracket the prefix leaves open."""
+
+    char: str
+    inline: bool  # opened on the cursor line
+    indent: str  # leading whitespace of the line it was opened on
+    line: int = 0  # that line's index in the prefix
+
+
+@dataclass(frozen=True, slots=True)
 class _PrefixInfo:
     state: _LexState  # lexer state at the cursor
-    stack: tuple[tuple[str, bool], ...]  # open brackets: (char, opened on the cursor line)
+    stack: tuple[_Open, ...]  # open brackets, outermost first
 
 
 @lru_cache(maxsize=64)
 def _prefix_info(prefix: str, language: str) -> _PrefixInfo:
     kinds, state = _classify(prefix, _syntax(language), _LexState())
     line_start = prefix.rfind("\n") + 1
-    stack: list[tuple[str, bool]] = []
+    stack: list[_Open] = []
+    start = 0  # start of the line being scanned
+    line = 0
     for i, ch in enumerate(prefix):
+        if ch == "\n":
+            start = i + 1
+            line += 1
         if kinds[i] != "c":
             continue
         if ch in _OPENERS:
-            stack.append((ch, i >= line_start))
+            stack.append(_Open(ch, i >= line_start, _leading_ws(prefix[start:i]), line))
         elif ch in _CLOSERS:
             _pop_matching(stack, _CLOSERS[ch])
     return _PrefixInfo(state, tuple(stack))
 
 
-def _pop_matching(stack: list[tuple[str, bool]], opener: str) -> tuple[str, bool] | None:
+def _pop_matching(stack: list[_Open], opener: str) -> _Open | None:
     """Pop down to the nearest ``opener``; ignore a closer with no match."""
     for depth in range(len(stack) - 1, -1, -1):
-        if stack[depth][0] == opener:
+        if stack[depth].char == opener:
             item = stack[depth]
             del stack[depth:]
             return item
@@ -316,12 +332,21 @@ def _pop_matching(stack: list[tuple[str, bool]], opener: str) -> tuple[str, bool
 
 
 @lru_cache(maxsize=64)
-def _suffix_closers(suffix: str, language: str, state: _LexState) -> str:
-    """The suffix's closers that close brackets opened before the cursor, in order."""
+def _suffix_closers(
+    suffix: str, language: str, state: _LexState
+) -> tuple[tuple[str, str | None], ...]:
+    """The suffix's closers that close brackets opened before the cursor, in order.
+
+    Each comes with the leading whitespace of its line when it is the first
+    character there on a line after the cursor line (None otherwise).
+    """
     kinds, _ = _classify(suffix, _syntax(language), state)
     depth = 0
-    unmatched: list[str] = []
+    unmatched: list[tuple[str, str | None]] = []
+    line_start = -1  # the cursor line has no known start
     for i, ch in enumerate(suffix):
+        if ch == "\n":
+            line_start = i + 1
         if kinds[i] != "c":
             continue
         if ch in _OPENERS:
@@ -329,13 +354,31 @@ def _suffix_closers(suffix: str, language: str, state: _LexState) -> str:
         elif ch in _CLOSERS:
             if depth:
                 depth -= 1
-            else:
-                unmatched.append(ch)
-    return "".join(unmatched)
+                continue
+            head = suffix[line_start:i] if line_start >= 0 else None
+            unmatched.append((ch, head if head is not None and not head.strip(" \t") else None))
+    return tuple(unmatched)
+
+
+def _statement_indents(stack: Sequence[_Open], tab: int) -> list[int]:
+    """Per open bracket, the indentation (columns) of the statement it belongs to.
+
+    A line inside ``(`` or ``[`` opened on an earlier line is a continuation
+    line: a bracket opened there belongs to the statement that opened the outer
+    one (``foo(a,\n    b, function () {`` is closed by ``});`` at column 0).
+    """
+    out: list[int] = []
+    for i, item in enumerate(stack):
+        outer = stack[i - 1] if i else None
+        if outer is not None and outer.char in "([" and outer.line != item.line:
+            out.append(out[-1])
+        else:
+            out.append(_columns(item.indent, tab))
+    return out
 
 
 def _suffix_closer_count(
-    suffix: str, language: str, state: _LexState, stack: Sequence[tuple[str, bool]]
+    suffix: str, language: str, state: _LexState, stack: Sequence[_Open], tab: int = 4
 ) -> int:
     """How many of the innermost open brackets the suffix closes.
 
@@ -344,12 +387,20 @@ def _suffix_closer_count(
     so on; counting stops at the first misfit. (A line deleted after the
     cursor leaves an inner bracket open while later code closes outer ones;
     a plain count would wrongly credit the suffix with closing the inner one.)
+    A closer that starts its line must also fit by indentation: one indented
+    less than the statement that opened the bracket closes an outer bracket
+    (the ``}`` of a function after the deleted ``}`` of its ``if``).
     """
     closers = _suffix_closers(suffix, language, state)
+    depths: list[int] | None = None
     count = 0
-    for k, ch in enumerate(closers):
-        if k >= len(stack) or stack[-1 - k][0] != _CLOSERS[ch]:
+    for k, (ch, indent) in enumerate(closers):
+        if k >= len(stack) or stack[-1 - k].char != _CLOSERS[ch]:
             break
+        if indent is not None:
+            depths = depths or _statement_indents(stack, tab)
+            if _columns(indent, tab) < depths[-1 - k]:
+                break
         count += 1
     return count
 
@@ -476,6 +527,8 @@ _INDENT_CAP_LANGS = frozenset({"python"}) | (_SLASH_COMMENTS - {"json", "jsonc",
 # A line ending like this continues on the next one, at any indentation.
 _CONTINUES = ("\\", "=>", "->", "=", "+", "-", "*", "/", "%", "&&", "||", "?", ".", "|", "&",
               "^", "<", ">", "(", "[", ",")
+# A line starting like this continues the statement on the line above ("? a : b").
+_LEADING_CONTINUES = ("?", ":", ".", "&&", "||", "+", "|", "&", "??")
 # Brace-less control statements: "if (x)" may be followed by one deeper line.
 _BRACELESS_HEADER = re.compile(r"\s*(?:\}\s*)?(?:if|for|foreach|while|else|do|using|lock)\b")
 
@@ -496,7 +549,7 @@ def _indent_cap(ctx: PostContext) -> int | None:
     info = _prefix_info(ctx.prefix, ctx.language)
     if info.state.quote or info.state.comment == "block":
         return None
-    if info.stack and info.stack[-1][0] != "{":
+    if info.stack and info.stack[-1].char != "{":
         return None
     above = [line for line in ctx.prefix.rsplit("\n", 51)[-51:-1] if line.strip()]
     if not above:
@@ -523,7 +576,9 @@ def fit_leading_newline(text: str, ctx: PostContext) -> str:
         return text
     rest = text[text.index("\n") + 1 :]
     first, sep, tail = rest.partition("\n")
-    cap = _indent_cap(ctx) if first.strip() else None
+    # A line that starts with an operator continues the statement above at any depth.
+    leads = first.strip() and not first.lstrip().startswith(_LEADING_CONTINUES)
+    cap = _indent_cap(ctx) if leads else None
     tab = _tab_width(ctx)
     over = 0 if cap is None else _columns(_leading_ws(first), tab) - cap
     if over <= 0:
@@ -651,7 +706,9 @@ def _scope_cut(text: str, ctx: PostContext) -> _Cut | None:
     """Where the completion leaves the cursor's scope, or None."""
     info = _prefix_info(ctx.prefix, ctx.language)
     kinds, _ = _classify(text, _syntax(ctx.language), info.state)
-    suffix_closers = _suffix_closer_count(ctx.suffix, ctx.language, info.state, info.stack)
+    suffix_closers = _suffix_closer_count(
+        ctx.suffix, ctx.language, info.state, info.stack, _tab_width(ctx)
+    )
     stack = list(info.stack)
     own: list[str] = []  # brackets opened by the completion
     closed = 0  # prefix brackets the completion has closed so far
@@ -694,9 +751,10 @@ def _scope_cut(text: str, ctx: PostContext) -> _Cut | None:
             last_code_width = width
         stop_after = False
         call_closed = False
+        reopened: set[int] = set()  # openers that continue a block closed on this line
         for j in range(start, end):
             ch = text[j]
-            if kinds[j] != "c":
+            if kinds[j] != "c" or j in reopened:
                 continue
             if ch in _OPENERS:
                 own.append(ch)
@@ -706,13 +764,20 @@ def _scope_cut(text: str, ctx: PostContext) -> _Cut | None:
             if own:
                 own.pop()
                 continue
+            again = _reopener(text, kinds, j, end)
+            if again is not None:
+                # "} else {", "}, {", "}).then(() => {": the line closes a block
+                # and opens the next one at the same level, which the suffix's
+                # closer then closes. Neither bracket changes the balance.
+                reopened.add(again)
+                continue
             item = _pop_matching(stack, _CLOSERS[ch])
             if item is None:
                 if idx == 0:
                     continue
                 return _Cut(j, "closer")  # closes something we cannot see
             closed += 1
-            inline = item[1]
+            inline = item.inline
             if idx == 0 and inline:
                 call_closed = call_closed or call
                 continue  # the cursor's own statement closes; overlap is merged later
@@ -730,6 +795,21 @@ def _scope_cut(text: str, ctx: PostContext) -> _Cut | None:
                 return _Cut(end, "closed")
         start = end + 1
     return None
+
+
+def _reopener(text: str, kinds: str, at: int, end: int) -> int | None:
+    """The opener in ``text[at + 1 : end]`` of the kind ``text[at]`` closes that is still
+    open at ``end`` (the line goes on into the next block), or None."""
+    want = _CLOSERS[text[at]]
+    pending: list[int] = []
+    for i in range(at + 1, end):
+        if kinds[i] != "c":
+            continue
+        if text[i] == want:
+            pending.append(i)
+        elif text[i] == text[at] and pending:
+            pending.pop()
+    return pending[0] if pending else None
 
 
 def _strip_comment(line: str, ctx: PostContext) -> str:
@@ -778,6 +858,64 @@ def drop_suffix_copy(text: str, ctx: PostContext) -> str:
         if remaining == raw_upcoming[: len(remaining)]:
             return "\n".join(lines[:j]).rstrip()
     return text
+
+
+# --------------------------------------------------------------------------- 6b. invented comments
+
+_COMMENT_WINDOW_LINES = 60  # prefix lines looked at for the file's own habit
+
+
+def _trailing_comment_at(line: str, kinds: str) -> int | None:
+    """Where a comment that follows code on ``line`` starts (None: no such comment)."""
+    for i, kind in enumerate(kinds):
+        if kind == "m":
+            return i if line[:i].strip() else None
+    return None
+
+
+@lru_cache(maxsize=64)
+def _file_has_trailing_comments(prefix: str, language: str) -> bool:
+    """Does the code just above the cursor put comments after code on a line?"""
+    tail = prefix.rsplit("\n", _COMMENT_WINDOW_LINES + 1)[1:-1]
+    syn = _syntax(language)
+    for line in tail:
+        kinds, state = _classify(line, syn, _LexState())
+        if state.comment == "block" or state.quote:
+            continue
+        if _trailing_comment_at(line, kinds) is not None:
+            return True
+    return False
+
+
+def strip_invented_comment(text: str, ctx: PostContext) -> str:
+    """Drop a comment the model put after the code of a line, in a file that has none.
+
+    Small models like to end a line with ``  # Initialize an empty list``; the
+    code before it is often exactly right. Only comments after code are
+    dropped (a comment line stays), and only when none of the prefix's last
+    lines carries such a comment, so a file that annotates its lines keeps
+    the habit.
+    """
+    if _file_has_trailing_comments(ctx.prefix, ctx.language):
+        return text
+    info = _prefix_info(ctx.prefix, ctx.language)
+    if info.state.comment or info.state.quote:
+        return text  # the cursor is inside a comment or string
+    kinds, _ = _classify(text, _syntax(ctx.language), info.state)
+    out: list[str] = []
+    start = 0
+    for idx, line in enumerate(text.split("\n")):
+        line_kinds = kinds[start : start + len(line)]
+        start += len(line) + 1
+        head = ctx.line_prefix + line if idx == 0 else line
+        at = _trailing_comment_at(head, (" " * len(ctx.line_prefix) if idx == 0 else "")
+                                  + line_kinds)
+        if at is not None and at >= (len(ctx.line_prefix) if idx == 0 else 0):
+            cut = at - (len(ctx.line_prefix) if idx == 0 else 0)
+            out.append(line[:cut].rstrip())
+        else:
+            out.append(line)
+    return "\n".join(out)
 
 
 # --------------------------------------------------------------------------- 7. suffix overlap

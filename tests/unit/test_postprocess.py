@@ -20,6 +20,7 @@ from qwen_lsp.postprocess import (
     postprocess,
     run_filters,
     stream_should_stop,
+    strip_invented_comment,
     strip_prefix_echo,
     trim_single_line,
     trim_trailing_whitespace,
@@ -219,6 +220,14 @@ NEWLINE_CASES = [
         "\n        c",
         PostContext("x = a + \\\n    ", "\n", "python"),
         "    c",
+    ),
+    (
+        # npm's pacote git.js: "return a && b" then a blank line for "  ? x(this)".
+        "leading-operator-continuation-kept",
+        "\n      ? f.apply(this)",
+        PostContext("  m () {\n    return this.spec.hosted && this.resolved\n", "\n      : g()\n",
+                    "javascript", indent_unit="  "),
+        "      ? f.apply(this)",
     ),
     (
         "braceless-if-kept",
@@ -750,6 +759,144 @@ def test_pipeline_subsets() -> None:
     assert run_filters(raw, PY_ADD) == Suggestion("return a + b")
     assert len(set(PIPELINE)) == len(PIPELINE)
     assert PIPELINE.index(cut_special_tokens) == 0
+
+
+# Closers on a line of their own ---------------------------------------------------------------
+# The cursor sits on an empty line where one line is missing; the model writes "\n" + the
+# line (blank-line layout). A closer that belongs there is suggested; it is dropped only
+# when the editor already has it: the next line is that closer, or the suffix closes the
+# same bracket at the same depth.
+
+JS_FN_IF = "function f(x) {\n  if (x) {\n    a();\n"
+CLOSER_CASES = [
+    (
+        "brace-before-function-end",
+        PostContext(JS_FN_IF, "\n  return 1;\n}\n", "javascript", indent_unit="  "),
+        "\n  }",
+        Suggestion("  }"),
+    ),
+    (
+        "brace-else-brace",
+        PostContext(JS_FN_IF, "\n    b();\n  }\n  return 1;\n}\n", "javascript",
+                    indent_unit="  "),
+        "\n  } else {",
+        Suggestion("  } else {"),
+    ),
+    (
+        "brace-else-if",
+        PostContext(JS_FN_IF, "\n    b();\n  }\n}\n", "javascript", indent_unit="  "),
+        "\n  } else if (y) {",
+        Suggestion("  } else if (y) {"),
+    ),
+    (
+        "else-after-closer-line",
+        PostContext(JS_FN_IF + "  }\n", "\n    b();\n  }\n}\n", "javascript",
+                    indent_unit="  "),
+        "\n  else{",
+        Suggestion("  else{"),
+    ),
+    (
+        "callback-close",
+        PostContext("function f() {\n  g(x, function () {\n    a();\n",
+                    "\n  return 1;\n}\n", "javascript", indent_unit="  "),
+        "\n  });",
+        Suggestion("  });"),
+    ),
+    (
+        "promise-chain-reopens",
+        PostContext("function f() {\n  p.then(() => {\n    a();\n",
+                    "\n    b();\n  });\n}\n", "javascript", indent_unit="  "),
+        "\n  }).then(() => {",
+        Suggestion("  }).then(() => {"),
+    ),
+    (
+        "python-call-close",
+        PostContext("x = foo(\n    a,\n    b,\n", "\ny = 2\n", "python"),
+        "\n)",
+        Suggestion(")"),
+    ),
+    (
+        "else-body-then-closer-of-the-suffix",
+        PostContext(JS_FN_IF, "\n    b();\n  }\n  return 1;\n}\n", "javascript",
+                    indent_unit="  "),
+        "\n  } else {\n    c();\n  }",
+        Suggestion("  } else {\n    c();"),
+    ),
+    (
+        # npm's pacote git.js: the prompt window starts inside the class, so the
+        # class's "{" is not in view and its "}" in the suffix must not count.
+        "method-closer-window-inside-class",
+        PostContext("  m () {\n    return 1\n", "\n\n  n () {\n    return 2\n  }\n}\n",
+                    "javascript", indent_unit="  "),
+        "\n  }",
+        Suggestion("  }"),
+    ),
+    # Dropped: the editor already has the closer.
+    (
+        "next-line-is-the-closer",
+        PostContext(JS_FN_IF, "\n  }\n  return 1;\n}\n", "javascript", indent_unit="  "),
+        "\n  }",
+        None,
+    ),
+    (
+        "suffix-closes-it-less-indented",
+        PostContext("foo(a,\n    b, function () {\n      x();\n", "\n});\n", "javascript",
+                    indent_unit="  "),
+        "\n    }",
+        None,
+    ),
+    (
+        "closer-right-of-cursor",
+        PostContext("function f() {\n  g(a", ")\n}\n", "javascript", indent_unit="  "),
+        ")",
+        None,
+    ),
+    (
+        "body-then-duplicate-closer",
+        PostContext("function f(x) {\n  if (x) {\n", "\n  }\n}\n", "javascript",
+                    indent_unit="  "),
+        "\n    a();\n  }",
+        Suggestion("    a();"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("ctx", "raw", "expected"), [c[1:] for c in CLOSER_CASES], ids=[c[0] for c in CLOSER_CASES]
+)
+def test_closers(ctx: PostContext, raw: str, expected: Suggestion | None) -> None:
+    assert postprocess(raw, ctx) == expected
+
+
+PY_NO_COMMENTS = PostContext("def f(xs):\n    n = 0\n    ", "\n    return n\n", "python")
+COMMENT_CASES = [
+    ("python-invented", "result = []  # Initialize an empty list", PY_NO_COMMENTS, "result = []"),
+    ("js-invented", "let r = []; // the list",
+     PostContext("function f() {\n  ", "\n}\n", "javascript"), "let r = [];"),
+    ("hash-inside-string-kept", 's = "#x"', PY_NO_COMMENTS, 's = "#x"'),
+    ("each-line", "a = 1  # one\n    b = 2  # two", PY_NO_COMMENTS, "a = 1\n    b = 2"),
+    ("comment-line-kept", "# next, count", PY_NO_COMMENTS, "# next, count"),
+    (
+        "file-annotates-its-lines",
+        "result = []  # empty",
+        PostContext("def f(xs):\n    n = 0  # count\n    ", "\n", "python"),
+        "result = []  # empty",
+    ),
+    (
+        "cursor-in-comment",
+        "list of results  # sic",
+        PostContext("def f(xs):\n    n = 0\n    # a ", "\n", "python"),
+        "list of results  # sic",
+    ),
+    ("after-code-on-the-line", "  # set n", PostContext("n = 1", "\n", "python"), ""),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "ctx", "expected"), [c[1:] for c in COMMENT_CASES], ids=[c[0] for c in COMMENT_CASES]
+)
+def test_strip_invented_comment(raw: str, ctx: PostContext, expected: str) -> None:
+    assert strip_invented_comment(raw, ctx) == expected
 
 
 # stream_should_stop -------------------------------------------------------------------------
