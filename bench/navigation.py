@@ -7,7 +7,9 @@ server and the real bundled model at default settings:
 1. open a file and read it for a moment;
 2. jump to a place inside a function (cursor notification), look for a second,
    press Enter at the end of a code line (the editor indents the new line) and
-   wait for the ghost text: *first suggestion after a jump*;
+   wait for the ghost text: *first suggestion after a jump*. The line that
+   follows there in the real file is taken out of the document beforehand: it is
+   what the user is about to write, and what the suggestion is scored against;
 3. type the first characters of the true next line, one request per key (a
    request that a newer key overtakes is superseded in the server):
    *continued typing*;
@@ -144,10 +146,10 @@ class Session:
                 offset += n
         return offset
 
-    def open(self, path: Path) -> Doc:
+    def open(self, path: Path, text: str) -> Doc:
         uri = path.resolve().as_uri()
         lang = "javascript" if path.suffix == ".js" else "python"
-        doc = Doc(uri, lang, path.read_text(encoding="utf-8"))
+        doc = Doc(uri, lang, text)
         self.docs[uri] = doc
         self.client.text_document_did_open(types.DidOpenTextDocumentParams(
             text_document=types.TextDocumentItem(uri=uri, language_id=lang, version=1,
@@ -225,10 +227,13 @@ async def run_once(name: str, places: dict[Path, list[int]]) -> RunResult:
     try:
         await _wait_engine(client)
         for path, lines in places.items():
-            doc = s.open(path)
-            original = doc.text.split("\n")
-            marks = [(s.mark(doc, _line_end_offset(doc.text, i)), original[i + 1])
-                     for i in lines]
+            # The line after each place is not written yet: it is what the user
+            # is about to type, and what the suggestion is scored against.
+            original = path.read_text(encoding="utf-8").split("\n")
+            kept = [t for k, t in enumerate(original) if k - 1 not in lines]
+            doc = s.open(path, "\n".join(kept))
+            marks = [(s.mark(doc, _line_end_offset(doc.text, i - n)), original[i + 1])
+                     for n, i in enumerate(sorted(lines))]
             await asyncio.sleep(READ_S)
             for mark, true_next in marks:
                 pos = s.where(mark)
