@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -263,7 +264,7 @@ async def run_once(name: str, places: dict[Path, list[int]]) -> RunResult:
                     await asyncio.sleep(KEY_S)
                 shown = ""
                 if pending is not None:
-                    with _suppress():
+                    with contextlib.suppress(Exception):
                         shown = _text(await pending)
                     out.typing.append(time.perf_counter() - typed_t)
                 if shown:
@@ -302,14 +303,6 @@ async def run_once(name: str, places: dict[Path, list[int]]) -> RunResult:
         finally:
             await client.stop()
     return out
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return exc[0] is not None and issubclass(exc[0], (asyncio.CancelledError, Exception))  # type: ignore[arg-type]
 
 
 def _line_end_offset(text: str, line: int) -> int:

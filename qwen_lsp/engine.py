@@ -154,7 +154,6 @@ class Engine:
         # The local engine's KV cache as we know it (None for remote upstreams).
         self.view = view
         self._flights_up = 0  # upstream streams open now (prefills wait for none)
-        self.last_request_at = float("-inf")  # clock of the last editor request
         self._on_paused = on_paused
         self._clock = clock
         self.explicit_cache = ExplicitCache()
@@ -198,9 +197,8 @@ class Engine:
         timing = timing or Timing()
         t = time.perf_counter()
         started = self._clock()
-        if not prefetch:
-            self.last_request_at = started
-        self.stats.requests += 1
+        if not prefetch:  # prefetches are counted by the caller, not as editor requests
+            self.stats.requests += 1
         state = self._docs.setdefault(ctx.uri, _DocState())
         if not prefetch:
             if state.last_request is not None:
