@@ -91,10 +91,13 @@ class Timing:
 
 
 class _Flight:
-    def __init__(self, ctx: CompletionContext, post: PostContext) -> None:
+    def __init__(self, ctx: CompletionContext, post: PostContext, lead: str = "") -> None:
         self.ctx = ctx
         self.post = post
-        self.text = ""
+        # What the model writes, from the cursor on. ``lead`` is the part of it
+        # that the prompt already holds (CompletionContext.answer_lead).
+        self.lead = lead
+        self.text = lead
         self.sent = False  # upstream request started (debounce over)
         self.waiters = 0
         self.task: asyncio.Task[Suggestion | None] | None = None
@@ -370,7 +373,8 @@ class Engine:
         return max(lo, min(hi, delay))
 
     def _launch(self, state: _DocState, ctx: CompletionContext) -> _Flight:
-        flight = _Flight(ctx, post_context(ctx))
+        flight = _Flight(ctx, post_context(ctx),
+                         ctx.answer_lead if self.config.mode == "fim" else "")
         delay = self.debounce_delay(state, ctx)
         flight.task = asyncio.get_running_loop().create_task(self._fly(flight, delay))
         state.flight = flight
@@ -490,12 +494,15 @@ class Engine:
             self._flights_up -= 1
             if stream is not None:
                 await _close(stream)
+            if flight.text == flight.lead:
+                flight.text = ""  # the model wrote nothing
+            written = flight.text[len(flight.lead):] if flight.text else ""
             if cost is not None and self.view is not None and request.prompt:
-                self.view.record(request.prompt, flight.text, completed=ended,
+                self.view.record(request.prompt, written, completed=ended,
                                  first_token_s=None if first_token is None
                                  else first_token - sent_at, cost=cost)
             self.health.release()
-            self._account(request, flight.text, usage, plan, reservation)
+            self._account(request, written, usage, plan, reservation)
         if error is not None:
             if not (timed_out and first_token is not None):  # counted above
                 self.stats.record_error(error.kind)

@@ -31,8 +31,12 @@ PARTIAL_SYSTEM = (
 
 
 def fim_prompt(ctx: CompletionContext) -> str:
-    """``<|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>``, repo-level when there are snippets."""
-    core = f"{FIM_PREFIX}{ctx.fim_prefix}{FIM_SUFFIX}{ctx.fim_suffix}{FIM_MIDDLE}"
+    """``<|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>M``, repo-level when there are snippets.
+
+    ``M`` is the code typed in the cursor's block (``ctx.fim_middle``), given as
+    the start of the answer: the model continues it from the cursor.
+    """
+    core = f"{FIM_PREFIX}{ctx.fim_prefix}{FIM_SUFFIX}{ctx.fim_suffix}{FIM_MIDDLE}{ctx.fim_middle}"
     if not ctx.snippets:
         return core
     parts = [f"{REPO_NAME}{ctx.repo_name or 'workspace'}\n"]

@@ -550,8 +550,9 @@ class QwenServer(LanguageServer):
     def _next_prefill(self) -> str | None:
         """The next chunk of prompt to pre-fill at the user's place, smallest window first.
 
-        Only the part of each window's prompt before the cursor line is
-        pre-filled: it is what every request at this place starts with.
+        The whole prompt at the place is pre-filled: the code typed in the
+        cursor's block goes after ``<|fim_middle|>`` (see context.py), so what
+        the user types there, and Enter, only append to it.
         """
         if self.place is None or self.engine is None or self.engine.view is None:
             return None
@@ -569,10 +570,7 @@ class QwenServer(LanguageServer):
         for budget in reversed(candidate_budgets(s.context_tokens)):
             prompt = fim_prompt(self._context(doc, doc.text, offset, snippets, manual=False,
                                               tokens=budget))
-            mark = prompt.find("<|fim_suffix|>")
-            stable = prompt[: prompt.rfind("\n", 0, max(0, mark)) + 1] if mark > 0 else ""
-            if not stable:
-                continue
+            stable = prompt
             cost = view.cost(stable)
             if len(stable) - cost.cached_chars < 2 * CHARS_PER_TOKEN:
                 continue  # this window is ready

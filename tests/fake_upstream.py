@@ -79,6 +79,19 @@ _NATIVE_PREFIX = "/api/v1"
 _NATIVE_PATH = "/services/aigc/text-generation/generation"
 
 
+def fim_parts(prompt: str) -> tuple[str, str]:
+    """(code before the cursor, code after it) as a FIM prompt lays them out.
+
+    The code before the cursor is the prefix plus what follows
+    ``<|fim_middle|>`` (the server puts the cursor's block of lines there);
+    anything before ``<|fim_prefix|>`` (repository-level context) is left out.
+    """
+    _head, _, rest = prompt.partition("<|fim_prefix|>")
+    prefix, _, rest = rest.partition("<|fim_suffix|>")
+    suffix, _, middle = rest.rpartition("<|fim_middle|>")
+    return prefix + middle, suffix
+
+
 def tokenize(text: str) -> list[str]:
     """Approximate tokens; joining them gives back ``text`` exactly."""
     return TOKEN_RE.findall(text)

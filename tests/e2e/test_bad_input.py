@@ -23,7 +23,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pytest_lsp import LanguageClient
 
-from tests.fake_upstream import FakeUpstream, Reply
+from tests.fake_upstream import FakeUpstream, Reply, fim_parts
 from tests.harness import (
     ROOT,
     clear_cache,
@@ -70,11 +70,9 @@ def end_position(text: str, encoding: str = "utf-16") -> tuple[int, int]:
 
 
 def prompt_parts(prompt: str) -> tuple[str, str]:
-    head, _, rest = prompt.partition("<|fim_prefix|>")
+    head = prompt.partition("<|fim_prefix|>")[0]
     assert head == "" or "<|file_sep|>" in head, prompt[:200]
-    prefix, _, rest = rest.partition("<|fim_suffix|>")
-    suffix, _, _ = rest.rpartition("<|fim_middle|>")
-    return prefix, suffix
+    return fim_parts(prompt)
 
 
 async def server_copy(client: LanguageClient, fake: FakeUpstream, uri: str,

@@ -328,3 +328,27 @@ async def test_cursor_notifications_and_edits_tell_the_server_where_the_user_is(
     assert moved == {"uri": uri, "offset": 6 + 5}
     assert ignored == moved
     assert edited == {"uri": uri, "offset": 7}  # after the inserted "00"
+
+
+async def test_blank_line_inside_a_block_of_a_long_file(tmp_path) -> None:
+    """The cursor's block goes after <|fim_middle|>; at a blank line it ends with
+    the newline, the model writes the line, and the editor gets it at the cursor."""
+    lines = [f"    total += item_{i}" for i in range(60)]
+    lines[0] = "def run(items):"
+    lines[1] = "    total = 0"
+    lines[43] = "    "  # the blank cursor line (line 43: 3 lines into its block)
+    doc = "\n".join(lines) + "\n    return total\n"
+    with FakeUpstream(Reply(text="    print(total)\n")) as fake:
+        client = await start_client(openai_env(tmp_path, fake.openai_base))
+        try:
+            open_doc(client, URI, doc)
+            res = await inline(client, URI, 43, 4)
+            assert res is not None and [i.insert_text for i in res.items] == ["print(total)"]
+        finally:
+            await stop_client(client)
+    prompt = next(r for r in fake.requests if r.method == "POST").json["prompt"]
+    prefix, _, rest = prompt.partition("<|fim_suffix|>")
+    suffix, _, middle = rest.partition("<|fim_middle|>")
+    assert prefix.endswith("\n".join(lines[:40]) + "\n")
+    assert middle == "\n".join(lines[40:43]) + "\n"
+    assert suffix.startswith("\n" + lines[44] + "\n")

@@ -16,7 +16,7 @@ from pathlib import Path
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
 
-from tests.fake_upstream import FakeUpstream, Recorded, Reply
+from tests.fake_upstream import FakeUpstream, Recorded, Reply, fim_parts
 from tests.harness import open_doc, openai_env, stop_client
 
 
@@ -62,7 +62,7 @@ def _type(client: LanguageClient, uri: str, line: int, character: int, keys: str
 
 
 def _prefix(rec: Recorded) -> str:
-    return rec.json["prompt"].split("<|fim_prefix|>", 1)[1].split("<|fim_suffix|>", 1)[0]
+    return fim_parts(rec.json["prompt"])[0]
 
 
 async def test_a_request_queued_at_start_up_is_answered_for_the_current_text(

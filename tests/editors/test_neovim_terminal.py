@@ -35,7 +35,7 @@ import pytest
 
 from tests.editors.cases import CASES, IDS, Case
 from tests.editors.conftest import NVIM_SPEC
-from tests.fake_upstream import FakeUpstream, Recorded, Reply
+from tests.fake_upstream import FakeUpstream, Recorded, Reply, fim_parts
 from tests.harness import ROOT, openai_env
 
 TMUX = shutil.which("tmux")
@@ -188,7 +188,7 @@ def answer_at(case: Case) -> Callable[[Recorded], Reply]:
 
     def reply(request: Recorded) -> Reply:
         body = request.json if isinstance(request.json, dict) else {}
-        prefix = str(body.get("prompt", "")).split("<|fim_suffix|>")[0]
+        prefix = fim_parts(str(body.get("prompt", "")))[0]
         if not prefix.endswith(line):
             return Reply(text="")
         return Reply(text=text, chunks=[text])

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.editors.cases import CASES
-from tests.fake_upstream import FakeUpstream, Recorded, Reply
+from tests.fake_upstream import FakeUpstream, Recorded, Reply, fim_parts
 from tests.harness import ROOT, openai_env
 
 VSCODE = ROOT / "editors" / "vscode"
@@ -34,7 +34,7 @@ pytestmark = [
 def reply_by_cursor_line(rec: Recorded) -> Reply:
     """Answer with the case whose cursor line ends the FIM prefix."""
     prompt = rec.json.get("prompt", "") if isinstance(rec.json, dict) else ""
-    prefix = prompt.split("<|fim_suffix|>", 1)[0]
+    prefix = fim_parts(prompt)[0]
     for case in CASES:
         if prefix.endswith(case.before.split("\n")[case.line]):
             return Reply(text=case.reply, chunks=[case.reply])

@@ -32,7 +32,7 @@ import pytest
 from tests.editors import vscode_web
 from tests.editors.cases import CASES, Case
 from tests.editors.vscode_web import CodeServer, Workbench, wait_for
-from tests.fake_upstream import FakeUpstream, Recorded, Reply
+from tests.fake_upstream import FakeUpstream, Recorded, Reply, fim_parts
 from tests.harness import ROOT, server_env
 
 ARTIFACTS = Path(os.environ.get("QWEN_LSP_ARTIFACTS", ROOT / "tests" / "artifacts"))
@@ -83,7 +83,7 @@ class Upstream:
             if self.fail_status is not None:
                 return Reply(status=self.fail_status)
             prompt = rec.json.get("prompt", "") if isinstance(rec.json, dict) else ""
-            prefix = prompt.split("<|fim_suffix|>", 1)[0]
+            prefix = fim_parts(prompt)[0]
             for line, text in self.replies.items():
                 if prefix.endswith(line):
                     return Reply(text=text)

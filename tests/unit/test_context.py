@@ -10,6 +10,7 @@ import pytest
 
 from qwen_lsp.context import (
     CHARS_PER_TOKEN,
+    MIDDLE_LINES,
     CompletionContext,
     Snippet,
     anchor_step,
@@ -120,6 +121,72 @@ def test_blank_line_layout_moves_the_newline_into_the_completion() -> None:
     assert ctx.fim_suffix == "\n    return y\n"
     literal = ctx_at(text, offset, blank_line_layout=False)
     assert literal.fim_prefix == text[:offset] and literal.fim_suffix == text[offset:]
+
+
+def test_block_lines_go_after_fim_middle_and_nothing_is_lost() -> None:
+    # Inside a real function of argparse.py, on every line of one block.
+    start = REAL.index("    def _get_values(self, action, arg_strings):")
+    first = REAL.count("\n", 0, start)
+    checked = 0
+    for line_no in range(first + 2, first + 2 + 2 * MIDDLE_LINES):
+        line_start = sum(len(x) + 1 for x in REAL.split("\n")[:line_no])
+        offset = line_start + len(REAL[line_start:].split("\n")[0])  # end of the line
+        ctx = ctx_at(REAL, offset, context_tokens=1536)
+        if ctx.blank_line:
+            continue  # the blank-line layout: tested below
+        checked += 1
+        # The prompt's prefix and middle are the prefix, cut where the block starts.
+        assert ctx.fim_prefix + ctx.fim_middle == ctx.prefix
+        block_first = line_no - line_no % MIDDLE_LINES
+        assert ctx.fim_middle.count("\n") == line_no - block_first
+        assert ctx.fim_prefix.endswith("\n")
+        assert fim_prompt(ctx).endswith("<|fim_middle|>" + ctx.fim_middle)
+    assert checked > MIDDLE_LINES
+
+
+def test_typing_and_enter_inside_a_block_only_append_to_the_prompt() -> None:
+    # Write a new function line by line in the middle of argparse.py, the way
+    # a user types it (Enter at the end of a line, then the next line's keys).
+    at = REAL.index("\n", REAL.index("    def _get_values(self, action, arg_strings):"))
+    at = REAL.index("\n", at + 1) + 1  # a line start inside the function
+    line_no = REAL.count("\n", 0, at)
+    at_block = line_no % MIDDLE_LINES == 0
+    typed = "        if not arg_strings:\n            return None\n        count = len(arg_strings)\n"
+    prompts: list[tuple[int, str]] = []
+    for k in range(len(typed) + 1):
+        doc = REAL[:at] + typed[:k] + "\n" + REAL[at:]
+        ctx = ctx_at(doc, at + k, context_tokens=1536)
+        prompts.append((doc.count("\n", 0, at + k), fim_prompt(ctx)))
+    extended = sum(1 for (la, a), (lb, b) in zip(prompts, prompts[1:], strict=False)
+                   if b.startswith(a.rstrip(" ")))
+    same_block = sum(1 for (la, _a), (lb, _b) in zip(prompts, prompts[1:], strict=False)
+                     if la // MIDDLE_LINES == lb // MIDDLE_LINES)
+    # Every keystroke that stays in the cursor's block extends the previous
+    # prompt (a trailing indentation aside, which the blank-line layout drops).
+    assert extended >= same_block - typed.count("\n") and same_block > len(typed) // 2
+    assert at_block or prompts[0][1].count("<|fim_middle|>") == 1
+
+
+@pytest.mark.parametrize("nl", ["\n", "\r\n"])
+def test_blank_line_inside_a_block_keeps_the_newline_in_the_middle(nl: str) -> None:
+    lines = [f"    x_{i} = f({i})" for i in range(40)]
+    lines[0], lines[27] = "def f():", "    "
+    text = nl.join(lines) + nl
+    offset = sum(len(x) + len(nl) for x in lines[:27]) + 4
+    ctx = ctx_at(text, offset, context_tokens=1536)
+    assert ctx.answer_lead == nl
+    assert ctx.fim_middle == nl.join(lines[24:27]) + nl
+    assert ctx.fim_prefix + ctx.fim_middle == text[: offset - 4]
+    assert ctx.fim_suffix.startswith(nl.removeprefix("\r") + lines[28])
+
+
+def test_block_at_or_before_the_window_start_has_no_middle() -> None:
+    offset = REAL.index("\n", len(REAL) // 2)
+    small = ctx_at(REAL, offset, context_tokens=24)
+    assert small.fim_middle == "" and small.fim_prefix == small.prefix
+    text = "def f(x):\n    y = x\n    \n    return y\n"  # block 0 starts at the file's start
+    ctx = ctx_at(text, text.index("    \n") + 4)
+    assert ctx.fim_middle == "" and ctx.fim_prefix == "def f(x):\n    y = x"
 
 
 # --------------------------------------------------------------------------- multi-line

@@ -156,6 +156,9 @@ def _details(fake: FakeUpstream, texts: tuple[str, ...], marks: tuple[int, ...])
     body = {"model": "m", "messages": [{"role": "user", "content": _blocks(*texts, marks=marks)}]}
     resp = post(fake.openai_base + "/chat/completions", body)
     assert resp.status_code == 200, resp.text
+    # The fake creates a request's caches once its handler is done, which can
+    # be just after the client has read the answer.
+    assert fake.wait_until_finished()
     return resp.json()["usage"]["prompt_tokens_details"]
 
 
