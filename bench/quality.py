@@ -690,11 +690,19 @@ def _inserted(result: Any, doc: Document, task: Task, encoding: str) -> tuple[st
 
 async def run_lsp(tasks: list[Task], *, cross_file: bool, root: Path | None,
                   context_tokens: int | None, log: Any,
-                  settled: dict[str, Outcome] | None = None) -> dict[str, Outcome]:
-    """One server process; every task opened, asked once (manual trigger), closed."""
+                  settled: dict[str, Outcome] | None = None,
+                  env_extra: dict[str, str] | None = None, pause_s: float = 0.0,
+                  label: str = "lsp") -> dict[str, Outcome]:
+    """One server process; every task opened, asked once (manual trigger), closed.
+
+    ``pause_s``: the cursor settles at the task's place (``qwen/cursor``, as the
+    editor plugins send it) that long before the request: a user who reads
+    before typing, which gives the engine's warm-up its time.
+    """
     out: dict[str, Outcome] = {}
     with tempfile.TemporaryDirectory() as tmp:
         budget = {"QWEN_LSP_CONTEXT_TOKENS": str(context_tokens)} if context_tokens else {}
+        budget.update(env_extra or {})
         # Defaults everywhere but the time box: a busy shared machine must not turn
         # slow answers into empty ones (quality is measured here, latency elsewhere).
         env = _server_env(Path(tmp), QWEN_LSP_PROVIDER="local",
@@ -714,6 +722,11 @@ async def run_lsp(tasks: list[Task], *, cross_file: bool, root: Path | None,
                 _open(client, uri, task.doc)
                 doc = Document(uri=uri, text=task.doc)
                 line, char = doc.position_at(task.offset, encoding)
+                if pause_s > 0:
+                    client.protocol.notify("qwen/cursor", {
+                        "textDocument": {"uri": uri},
+                        "position": {"line": line, "character": char}})
+                    await asyncio.sleep(pause_s)
                 t0 = time.perf_counter()
                 result = await _ask(client, uri, line, char)
                 latency = time.perf_counter() - t0
@@ -730,7 +743,7 @@ async def run_lsp(tasks: list[Task], *, cross_file: bool, root: Path | None,
                 _close(client, uri)
                 if sib_uri:
                     _close(client, sib_uri)
-                log(f"  lsp{'+x' if cross_file else ''} {i + 1}/{len(tasks)} {task.id} "
+                log(f"  {label}{'+x' if cross_file else ''} {i + 1}/{len(tasks)} {task.id} "
                     f"{latency:.1f}s em={int(o.em)} es={o.es:.2f} {o.why}")
         finally:
             with contextlib.suppress(Exception):
@@ -1139,6 +1152,9 @@ def report(tasks: list[Task], lsp: dict[str, Outcome], lspx: dict[str, Outcome],
         if "harness" in configs:
             pairs += [(name, "harness") for name in (*VS_HARNESS, *(extra_lsp or {}))
                       if name in configs]
+        # The default (adaptive) server against each other server pass on the
+        # same tasks: fixed budgets, a paused user.
+        pairs += [("lsp", name) for name in (extra_lsp or {}) if name in configs]
         pairs += [("lsp", "raw"), ("post-offline", "raw")]
         if "lsp+xfile" in configs:
             pairs.append(("lsp+xfile", "lsp"))
@@ -1307,6 +1323,22 @@ def calibrate(samples: int = 40, seed: int = 0) -> None:
         print(f"{name}: {chars} chars, {tokens} tokens, {chars / max(tokens, 1):.2f} chars/token")
 
 
+def parse_lsp_run(spec: str) -> tuple[str, dict[str, str], float]:
+    """``NAME:budget=N,pause=S`` -> (name, server environment, pause in seconds)."""
+    name, _, rest = spec.partition(":")
+    env: dict[str, str] = {}
+    pause = 0.0
+    for part in filter(None, rest.split(",")):
+        key, _, value = part.partition("=")
+        if key == "budget":
+            env.update(QWEN_LSP_ADAPTIVE_BUDGET="false", QWEN_LSP_CONTEXT_TOKENS=str(int(value)))
+        elif key == "pause":
+            pause = float(value)
+        else:
+            raise SystemExit(f"--lsp-run {spec!r}: unknown part {key!r} (budget=N, pause=S)")
+    return name or "lsp-extra", env, pause
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few-minute run (small sample)")
@@ -1326,6 +1358,11 @@ async def main() -> None:
                     help="one more server pass at this contextTokens, labelled lsp@N")
     ap.add_argument("--threads", type=int, default=None,
                     help="engine threads (default: the server's, all CPUs)")
+    ap.add_argument("--lsp-run", action="append", default=[], metavar="NAME:SPEC",
+                    help="one more server pass on the same tasks, e.g. "
+                         "'fixed-192:budget=192' (adaptiveBudget off, contextTokens 192), "
+                         "'fixed-1536:budget=1536' or 'paused-3s:pause=3' (the cursor "
+                         "settles 3 s before the request); parts joined by ','")
     ap.add_argument("--server-env", action="append", default=[], metavar="QWEN_LSP_X=V",
                     help="a setting for every server pass, e.g. QWEN_LSP_ADAPTIVE_BUDGET=false")
     ap.add_argument("--max-file-chars", type=int, default=None,
@@ -1402,6 +1439,11 @@ async def main() -> None:
         extra[f"lsp@{args.also_context_tokens}"] = await run_lsp(
             tasks, cross_file=False, root=None, context_tokens=args.also_context_tokens,
             log=log)
+    for spec in args.lsp_run:
+        name, env_extra, pause = parse_lsp_run(spec)
+        extra[name] = await run_lsp(tasks, cross_file=False, root=None,
+                                    context_tokens=args.context_tokens, log=log,
+                                    env_extra=env_extra, pause_s=pause, label=name)
     cross = [t for t in tasks if t.kind == "cross"]
     lspx = await run_lsp(cross, cross_file=True, root=STDLIB,
                          context_tokens=args.context_tokens, log=log) if cross else {}
