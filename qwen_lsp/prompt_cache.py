@@ -23,8 +23,8 @@ from qwen_lsp.context import CHARS_PER_TOKEN, CompletionContext, estimate_tokens
 from qwen_lsp.prompts import fim_prompt
 
 # Bytes of engine state per token of Qwen2.5-Coder-0.5B (24 layers, 2 KV heads
-# of 64, f16 K and V), and per logits row (151,936 floats) a saved state copies
-# (up to the engine's n_batch rows): what one state costs the engine's RAM cache.
+# of 64, f16 K and V), and per logits row (151,936 floats) a saved state keeps
+# (one: local_child trims the rest): what one state costs the engine's RAM cache.
 STATE_BYTES_PER_TOKEN = 24 * 2 * 2 * 64 * 2
 LOGITS_ROW_BYTES = 151_936 * 4
 # A first guess until the engine has been measured (2 cores, AVX2, busy).
@@ -37,12 +37,12 @@ REQUEST_OVERHEAD_S = 0.08
 EWMA_WEIGHT = 0.3
 # The engine's RAM cache of saved states (its --cache_size), counted honestly:
 # see providers/local_child.py. Each state of a place costs its KV cells
-# (12 kB a token for the 0.5B model) plus a copy of the logits rows.
+# (12 kB a token for the 0.5B model) plus the logits row of its last token.
 STATE_CACHE_BYTES = 1 << 30
-# Prompt tokens per decode call. It also sets the logits rows that every saved
-# state copies (n_batch x 151,936 floats): 64 keeps that at 39 MB a state
-# instead of 311 MB at the default 512, for the same prompt speed on the CPU
-# (BENCHMARKS.md, "Engine settings").
+SAVED_LOGITS_ROWS = 1
+# Prompt tokens per decode call: 64 processes prompts as fast as 256 or 512 on
+# this CPU (86 against 72-86 tokens/s for 1,400 tokens, measured 2026-12-01),
+# and llama-cpp-python keeps n_batch logits rows per context.
 N_BATCH = 64
 
 
@@ -82,7 +82,7 @@ class EngineView:
     forgotten in the engine's order (least recently used first).
     """
 
-    def __init__(self, capacity_bytes: int, *, logits_rows: int = 64,
+    def __init__(self, capacity_bytes: int, *, logits_rows: int = SAVED_LOGITS_ROWS,
                  max_states: int = 256) -> None:
         self.capacity_bytes = capacity_bytes
         self.logits_rows = logits_rows

@@ -42,7 +42,6 @@ from qwen_lsp.exclude import is_excluded
 from qwen_lsp.notify import Notifier
 from qwen_lsp.pricing import price_for
 from qwen_lsp.prompt_cache import (
-    N_BATCH,
     STATE_CACHE_BYTES,
     EngineView,
     candidate_budgets,
@@ -202,7 +201,7 @@ class QwenServer(LanguageServer):
         self.last_completion: dict[str, float] = {}
         # The local engine: our copy of its prompt cache, the place the user
         # is at (uri, offset), and the background warm-up there.
-        self.view = EngineView(STATE_CACHE_BYTES, logits_rows=N_BATCH)
+        self.view = EngineView(STATE_CACHE_BYTES)
         self.place: tuple[str, int] | None = None
         self._prefetch: tuple[str, int, int, Suggestion, tuple[Snippet, ...]] | None = None
         self.warmer = Warmer(self._warm_step, engine_idle=self._engine_idle)

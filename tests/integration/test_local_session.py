@@ -210,15 +210,18 @@ async def test_revisit_restores_the_saved_state_of_a_place(tmp_path) -> None:
             if not (await status(client))["localCache"]["warmUpRunning"]:
                 break
         offset = os.path.getsize(log_path)
-        # Back at A, one character typed: a new context whose prompt starts like A's.
+        # Back at A, Enter at the end of the line (a character could be typed
+        # through the suggestion shown there and never reach the engine): a new
+        # context whose prompt starts like A's.
+        indent = lines[a][: len(lines[a]) - len(lines[a].lstrip())]
         change = types.TextDocumentContentChangePartial(
             range=types.Range(start=types.Position(line=a, character=len(lines[a])),
                               end=types.Position(line=a, character=len(lines[a]))),
-            text=" ")
+            text="\n" + indent)
         client.text_document_did_change(types.DidChangeTextDocumentParams(
             text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
             content_changes=[change]))
-        await inline(client, uri, a, len(lines[a]) + 1)
+        await inline(client, uri, a + 1, len(indent))
         engine_log = _engine_log_since(log_path, offset)
         st = await status(client)
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sysconfig
 from pathlib import Path
 from typing import Any
@@ -157,9 +158,9 @@ def test_typing_and_enter_inside_a_block_only_append_to_the_prompt() -> None:
         doc = REAL[:at] + typed[:k] + "\n" + REAL[at:]
         ctx = ctx_at(doc, at + k, context_tokens=1536)
         prompts.append((doc.count("\n", 0, at + k), fim_prompt(ctx)))
-    extended = sum(1 for (la, a), (lb, b) in zip(prompts, prompts[1:], strict=False)
+    extended = sum(1 for (_la, a), (_lb, b) in itertools.pairwise(prompts)
                    if b.startswith(a.rstrip(" ")))
-    same_block = sum(1 for (la, _a), (lb, _b) in zip(prompts, prompts[1:], strict=False)
+    same_block = sum(1 for (la, _a), (lb, _b) in itertools.pairwise(prompts)
                      if la // MIDDLE_LINES == lb // MIDDLE_LINES)
     # Every keystroke that stays in the cursor's block extends the previous
     # prompt (a trailing indentation aside, which the blank-line layout drops).

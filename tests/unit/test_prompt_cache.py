@@ -60,7 +60,7 @@ def test_states_extended_by_a_newer_one_are_dropped_and_capacity_is_kept() -> No
     view.record("p" * 200, "", completed=True, first_token_s=None)  # the next pre-fill chunk
     assert view.saved_states == 1
     one = view.state_bytes("q" * 3800)
-    assert one == 1000 * STATE_BYTES_PER_TOKEN + 64 * LOGITS_ROW_BYTES
+    assert one == 1000 * STATE_BYTES_PER_TOKEN + LOGITS_ROW_BYTES  # one logits row
     small = EngineView(capacity_bytes=2 * one + 1)
     for ch in "qrs":
         small.record(ch * 3800, "", completed=True, first_token_s=None)
