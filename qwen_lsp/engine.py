@@ -332,7 +332,16 @@ class Engine:
         old = flight.ctx
         # A multi-line flight also serves a single-line request (its first
         # line is what that request would have produced), not the reverse.
-        if ctx.suffix != old.suffix or (ctx.multiline and not old.multiline):
+        if ctx.multiline and not old.multiline:
+            return None
+        nested = ((old.prefix.endswith(ctx.prefix) or ctx.prefix.endswith(old.prefix))
+                  and (old.suffix.startswith(ctx.suffix) or ctx.suffix.startswith(old.suffix)))
+        if ctx.before and nested and (ctx.before, ctx.after) == (old.before, old.after):
+            # The same place in the same text: a window of another size (the
+            # local engine's budget, e.g. a prefetch made a moment earlier)
+            # asks the same question, and its suggestions are cached alike.
+            return ""
+        if ctx.suffix != old.suffix:
             return None
         if ctx.prefix == old.prefix:
             return ""

@@ -16,7 +16,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcRequestCancelled
 
 from tests.fake_upstream import FakeUpstream, Reply
-from tests.harness import inline, open_doc, openai_env, start_client, stop_client
+from tests.harness import inline, open_doc, openai_env, reconfigure, start_client, stop_client
 
 URI = "file:///work/proj/calc.py"
 DOC = "def add(a, b):\n    \n"
@@ -271,3 +271,28 @@ async def test_a_slowly_streaming_block_is_answered_early_with_complete_lines(tm
     shown = str(res.items[0].insert_text)
     assert shown.startswith("total = a + b") and "return total" not in shown
     assert stats["earlyAnswers"] == 1
+
+
+async def test_a_window_of_another_size_at_the_same_place_shares_the_flight(tmp_path) -> None:
+    """The local engine sizes each window by what it has computed, so a prefetch and
+    the request that follows it can cut the same place differently: one upstream call."""
+    doc = "".join(f"value_{i} = compute({i})\n" for i in range(300)) + "total = \n"
+    with FakeUpstream(Reply(text="sum(values)", first_token_delay=1.0)) as fake:
+        client = await start_client(openai_env(tmp_path, fake.openai_base))
+        try:
+            open_doc(client, URI, doc)
+            first = asyncio.ensure_future(client.protocol.send_request_async(
+                types.TEXT_DOCUMENT_INLINE_COMPLETION, _params(300, 8)))
+            assert await _wait(lambda: len(_posts(fake)) == 1)
+            await reconfigure(client, {"contextTokens": 256}, {"contextTokens": 256})
+            second = await client.protocol.send_request_async(
+                types.TEXT_DOCUMENT_INLINE_COMPLETION, _params(300, 8))
+            results = [await first, second]
+            stats = await client.workspace_execute_command_async(
+                types.ExecuteCommandParams(command="qwen.stats"))
+        finally:
+            await stop_client(client)
+    assert [r.items[0].insert_text for r in results] == ["sum(values)"] * 2
+    prompts = [p.json["prompt"] for p in _posts(fake)]
+    assert len(prompts) == 1, [len(p) for p in prompts]
+    assert stats["coalesced"] == 1 and stats["superseded"] == 0

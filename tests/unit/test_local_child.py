@@ -11,7 +11,7 @@ import pytest
 llama_cpp = pytest.importorskip("llama_cpp")
 np = pytest.importorskip("numpy")
 
-from qwen_lsp.providers import local_child  # noqa: E402
+from qwen_lsp.providers import local_child
 
 VOCAB = 1000
 
