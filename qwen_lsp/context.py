@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -293,16 +294,48 @@ def anchor_step(prefix_chars: int) -> int:
     return step
 
 
-def _anchor(text: str, start: int, line_start: int, step: int) -> tuple[int, int]:
-    """Move ``start`` forward to the next line whose index is a multiple of ``step``.
+def _line_at(text: str, start: int) -> str:
+    end = text.find("\n", start)
+    return text[start : len(text) if end < 0 else end].rstrip("\r")
 
-    The window then starts at the same line for every cursor position within
-    ``step`` lines, so consecutive prompts share their start byte for byte.
+
+def is_anchor_line(line: str, step: int, *, blank: bool) -> bool:
+    """A line where a window or block may start, decided by its text alone.
+
+    About one non-blank line in ``step`` qualifies (by a checksum of its
+    text), and with ``blank`` every blank line does. Because it depends on
+    nothing but the line, an edit elsewhere in the file (a line added 500
+    lines above) leaves the windows around other places where they were,
+    which a rule by line number would not: their prompts stay byte for byte
+    what the engine computed.
+    """
+    stripped = line.strip()
+    if not stripped:
+        return blank
+    return zlib.crc32(stripped.encode("utf-8", "surrogatepass")) % step == 0
+
+
+def _anchor(text: str, start: int, line_start: int, step: int) -> tuple[int, int]:
+    """Move ``start`` forward to the next anchor line (see :func:`is_anchor_line`).
+
+    Anchor lines here are one non-blank line in ``step // 2``, so that on
+    average as many lines of the budget go unused as with a fixed step of
+    ``step`` lines; blank lines do not count, or the start would move every
+    few lines typed. The window then starts at the same line for every cursor
+    position below it until that line falls out of the budget, so consecutive
+    prompts share their start byte for byte. When no anchor line comes within
+    ``2 * step`` lines, the line whose index is a multiple of ``step`` is taken.
     Returns (offset, line index).
     """
     if start == 0:
         return 0, 0
     index = text.count("\n", 0, start)
+    pos, i = start, index
+    while pos < line_start and i - index < 2 * step:
+        if is_anchor_line(_line_at(text, pos), max(2, step // 2), blank=False):
+            return pos, i
+        pos = text.find("\n", pos) + 1
+        i += 1
     anchored = math.ceil(index / step) * step
     while index < anchored and start < line_start:
         start = text.find("\n", start) + 1
@@ -476,16 +509,29 @@ def build_context(
 def _split_middle(text: str, fim_prefix: str, start: int, line_start: int) -> tuple[str, str]:
     """Split the prompt's prefix at the first line of the cursor's block.
 
-    Blocks are ``MIDDLE_LINES`` lines counted from the top of the file, so the
-    split stays put while the user types or presses Enter inside one. Returns
-    (prefix, middle); the middle is empty when the block starts at or before
-    the window (small windows), or when the prefix ends before it (a blank line
-    at the block's first line).
+    The block starts at the nearest anchor line above the cursor's line (see
+    :func:`is_anchor_line`: every blank line and one other line in
+    ``MIDDLE_LINES``; at most ``2 * MIDDLE_LINES`` lines up, else at a line
+    number that is a multiple of it), so the split stays put while the user
+    types or presses Enter below it, and edits elsewhere in the file do not
+    move it. Returns (prefix, middle); the middle is empty when the block
+    starts at or before the window (small windows), or when the prefix ends
+    before it.
     """
-    index = text.count("\n", 0, line_start)
-    anchor = line_start
-    for _ in range(index % MIDDLE_LINES):
-        anchor = text.rfind("\n", 0, anchor - 1) + 1
+    anchor = -1
+    pos = line_start
+    for _ in range(2 * MIDDLE_LINES):
+        if pos <= start:
+            break
+        pos = text.rfind("\n", 0, pos - 1) + 1
+        if is_anchor_line(_line_at(text, pos), MIDDLE_LINES, blank=True):
+            anchor = pos
+            break
+    if anchor < 0:
+        index = text.count("\n", 0, line_start)
+        anchor = line_start
+        for _ in range(index % MIDDLE_LINES):
+            anchor = text.rfind("\n", 0, anchor - 1) + 1
     cut = anchor - start
     if cut <= 0 or cut >= len(fim_prefix):
         return fim_prefix, ""
