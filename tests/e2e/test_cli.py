@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from qwen_lsp import __version__
-from tests.fake_upstream import FakeUpstream, Reply
+from tests.fake_upstream import FakeUpstream, Reply, fim_parts
 from tests.harness import openai_env, server_env
 
 # Runs the CLI with llama_cpp hidden from the import system, as on a machine
@@ -302,8 +302,11 @@ def test_complete_counts_lines_and_refuses_positions_outside_the_file(tmp_path) 
         assert res.returncode == 0, res.stderr
     prompts = [r.json["prompt"] for r in fake.requests if r.method == "POST"]
     assert prompts[0].startswith("<|fim_prefix|>x1 = 1\nx2 = 2<|fim_suffix|>\nx3 = 3\n")
-    # After the whole file, with nothing below (the builder drops the final newline).
-    assert prompts[1].endswith("x7 = 7\nx8 = 8<|fim_suffix|><|fim_middle|>")
+    # After the whole file, with nothing below: all eight lines before the cursor
+    # (the prompt's prefix and middle), nothing after it.
+    before, after = fim_parts(prompts[1])
+    assert after == "" and before.rstrip("\n") == "".join(
+        f"x{i} = {i}\n" for i in range(1, 9)).rstrip("\n")
 
 
 def test_complete_counts_a_file_without_final_newline(tmp_path) -> None:
