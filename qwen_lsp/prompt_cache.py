@@ -42,7 +42,8 @@ STATE_CACHE_BYTES = 1 << 30
 SAVED_LOGITS_ROWS = 1
 # Prompt tokens per decode call: 64 processes prompts as fast as 256 or 512 on
 # this CPU (86 against 72-86 tokens/s for 1,400 tokens, measured 2026-12-01),
-# and llama-cpp-python keeps n_batch logits rows per context.
+# and llama-cpp-python keeps n_batch logits rows per context (BENCHMARKS.md,
+# "Engine settings": python bench/engine_settings.py).
 N_BATCH = 64
 
 

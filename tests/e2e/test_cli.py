@@ -335,3 +335,16 @@ def test_check_shows_the_model_the_local_engine_serves(tmp_path) -> None:
     assert '"model": "my-coder-q8.gguf"' in res.stdout
     assert "model: my-coder-q8.gguf (local engine)" in res.stdout
     assert "qwen3-coder-flash" not in res.stdout
+
+
+def test_a_project_file_named_like_a_stdlib_module_does_not_replace_it(tmp_path) -> None:
+    # Editors start `python -m qwen_lsp` in the project's folder; a project with
+    # its own argparse.py (or json.py) must not be imported by the server.
+    project = tmp_path / "proj"
+    project.mkdir()
+    for name in ("argparse.py", "json.py", "logging.py"):
+        (project / name).write_text("raise SystemExit('the project file was imported')\n",
+                                    encoding="utf-8")
+    res = _run(["--help"], server_env(tmp_path), cwd=project)
+    assert res.returncode == 0, res.stderr
+    assert "imported" not in res.stderr + res.stdout
