@@ -9,6 +9,6 @@ import sys
 _here = os.getcwd()
 sys.path[:] = [p for p in sys.path if p not in ("", ".", _here)]
 
-from qwen_lsp.cli import main  # noqa: E402
+from qwen_lsp.cli import main
 
 raise SystemExit(main())

@@ -255,6 +255,10 @@ class LocalEngine:
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
                 env=env,
+                # Not the editor's project folder: `python -m` would put it on
+                # the child's sys.path, and a project's own argparse.py or
+                # ctypes.py would replace the standard library's in the engine.
+                cwd=str(self._log_path.parent),
             )
         await self._wait_ready(self._proc, port, key, log_offset)
         self._state = "ready"

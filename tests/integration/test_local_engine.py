@@ -223,3 +223,18 @@ async def test_missing_model_path_fails_without_starting(tmp_path: Path) -> None
     with pytest.raises(LocalEngineError, match="does not exist"):
         await missing.ensure_started()
     assert missing.state == "failed" and missing.pid is None
+
+
+async def test_engine_starts_from_a_project_folder_that_shadows_stdlib_modules(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Editors start the server in the project's folder; the engine child must
+    # not import the project's argparse.py (llama_cpp.server needs the real one).
+    (tmp_path / "argparse.py").write_text("raise SystemExit('project argparse imported')\n",
+                                          encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    own = LocalEngine()
+    try:
+        base_url, key = await own.ensure_started()
+        assert "a + b" in await stream_completion(base_url, key)
+    finally:
+        await own.stop()
