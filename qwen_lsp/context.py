@@ -472,6 +472,13 @@ def build_context(
         fim_suffix = fim_suffix.removeprefix("\r")
 
     fim_prefix, fim_middle = _split_middle(text, fim_prefix, start, line_start)
+    if fim_middle and _WORD.match(line_prefix[-1:]):
+        # Inside a word ("default=defa|") the model continues a middle with
+        # the tokens it would have written, and "defa" is not how it spells
+        # the start of "default": it went on with "," (seen in Neovim). A
+        # prefix that ends inside a word is what FIM training cuts, so the
+        # block goes back into the prefix for this keystroke.
+        fim_prefix, fim_middle = fim_prefix + fim_middle, ""
     answer_lead = ""
     if fim_middle and len(fim_prefix) + len(fim_middle) < len(prefix) - len(line_prefix):
         # A blank line inside the block: the middle keeps the newline that ends
