@@ -3,16 +3,18 @@
 Pure functions over a document's text and a cursor offset. Nothing here
 touches the network or LSP types.
 
-Two choices here decide latency and quality more than anything else:
+Three choices here decide latency and quality more than anything else:
 
-* The prefix window's first line is anchored to a multiple of a step
-  (``ANCHOR_LINES``, or less for small budgets: see :func:`anchor_step`)
-  instead of sliding with every keystroke, so consecutive prompts share
+* The prefix window's first line is anchored to a line chosen by its text
+  (about one in half a step of ``ANCHOR_LINES`` lines, or less for small
+  budgets: see :func:`anchor_step` and :func:`is_anchor_line`) instead of
+  sliding with every keystroke, so consecutive prompts share
   their start byte for byte. llama.cpp then reuses its KV cache
   (25 s -> 0.2 s on this machine) and DashScope bills the repeated part at 20%.
-* The lines of the cursor's block (``MIDDLE_LINES`` lines, counted from the
-  top of the file) are laid out after ``<|fim_middle|>``, as the start of the
-  answer, instead of at the end of the prefix. In Qwen's order (prefix, suffix,
+* The lines of the cursor's block (from the nearest anchor line above the
+  cursor, see :func:`is_anchor_line`; not inside a word) are laid out after
+  ``<|fim_middle|>``, as the start of the answer, instead of at the end of
+  the prefix. In Qwen's order (prefix, suffix,
   middle) the suffix then comes before everything typed in the block, so
   Enter and typing there only append to the prompt: the engine computes the
   new characters, not the whole suffix again.
@@ -35,8 +37,9 @@ ASSUMED_LINE_CHARS = 40  # for choosing the step from a budget in characters
 SUFFIX_SHARE = 0.12  # text after the cursor is recomputed on every keystroke (PSM order)
 CROSS_FILE_SHARE = 0.3
 MAX_SUFFIX_LINES = 24
-# The code typed in the cursor's block of MIDDLE_LINES lines goes after
-# <|fim_middle|> (see build_context), so typing there only appends to the prompt.
+# The code typed in the cursor's block goes after <|fim_middle|> (see
+# build_context), so typing there only appends to the prompt; about one line in
+# MIDDLE_LINES (and every blank line) starts a block.
 MIDDLE_LINES = 8
 # Characters per Qwen2.5 token, calibrated with the real tokenizer (the GGUF
 # vocabulary loaded by llama_cpp with vocab_only=True) on the first 20 kB of 40
