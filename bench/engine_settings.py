@@ -13,14 +13,17 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import sysconfig
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
 from bench.common import write_section
 
-ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 START, END = "<!-- engine-settings:start -->", "<!-- engine-settings:end -->"
 CONFIGS = [

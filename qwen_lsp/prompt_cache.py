@@ -40,10 +40,12 @@ EWMA_WEIGHT = 0.3
 # (12 kB a token for the 0.5B model) plus the logits row of its last token.
 STATE_CACHE_BYTES = 1 << 30
 SAVED_LOGITS_ROWS = 1
-# Prompt tokens per decode call: 64 processes prompts as fast as 256 or 512 on
-# this CPU (86 against 72-86 tokens/s for 1,400 tokens, measured 2026-12-01),
-# and llama-cpp-python keeps n_batch logits rows per context (BENCHMARKS.md,
-# "Engine settings": python bench/engine_settings.py).
+# Prompt tokens per decode call. Two runs of bench/engine_settings.py on this
+# CPU (2026-12-01/02) disagree: 64 was the fastest for 1,400 tokens in one (86
+# tokens/s against 72-86), 256 and 512 with flash attention in the other (85-89
+# against 76); no setting wins by more than the noise between runs, and 64
+# keeps llama-cpp-python's logits buffer per context small (BENCHMARKS.md,
+# "Engine settings").
 N_BATCH = 64
 
 
