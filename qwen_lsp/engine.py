@@ -334,9 +334,9 @@ class Engine:
         # line is what that request would have produced), not the reverse.
         if ctx.multiline and not old.multiline:
             return None
-        nested = ((old.prefix.endswith(ctx.prefix) or ctx.prefix.endswith(old.prefix))
-                  and (old.suffix.startswith(ctx.suffix) or ctx.suffix.startswith(old.suffix)))
-        if ctx.before and nested and (ctx.before, ctx.after) == (old.before, old.after):
+        if (ctx.before and (ctx.before, ctx.after) == (old.before, old.after)
+                and (old.prefix.endswith(ctx.prefix) or ctx.prefix.endswith(old.prefix))
+                and (old.suffix.startswith(ctx.suffix) or ctx.suffix.startswith(old.suffix))):
             # The same place in the same text: a window of another size (the
             # local engine's budget, e.g. a prefetch made a moment earlier)
             # asks the same question, and its suggestions are cached alike.

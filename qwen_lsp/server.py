@@ -569,15 +569,14 @@ class QwenServer(LanguageServer):
         for budget in reversed(candidate_budgets(s.context_tokens)):
             prompt = fim_prompt(self._context(doc, doc.text, offset, snippets, manual=False,
                                               tokens=budget))
-            stable = prompt
-            cost = view.cost(stable)
-            if len(stable) - cost.cached_chars < 2 * CHARS_PER_TOKEN:
+            cost = view.cost(prompt)
+            if len(prompt) - cost.cached_chars < 2 * CHARS_PER_TOKEN:
                 continue  # this window is ready
             end = cost.cached_chars + chunk_chars
-            if end >= len(stable):
-                return stable
-            nl = stable.find("\n", end)
-            return stable if nl < 0 else stable[: nl + 1]
+            if end >= len(prompt):
+                return prompt
+            nl = prompt.find("\n", end)
+            return prompt if nl < 0 else prompt[: nl + 1]
         return None
 
     def _file_info(self, uri: str) -> tuple[str, bool]:
