@@ -375,6 +375,13 @@ class QwenServer(LanguageServer):
             offset = None
         return _Anchor(doc, doc.text, doc.edit_count, offset, seq)
 
+    def held_still(self, uri: str) -> bool:
+        """The request being answered was made for the document's text as it is now."""
+        anchor = _ARRIVAL.get()
+        doc = self.documents.get(uri)
+        return (anchor is not None and doc is not None and anchor.doc is doc
+                and doc.edit_count == anchor.edits)
+
     async def suggest(
         self, uri: str, position: types.Position, *, manual: bool
     ) -> tuple[Document, Any, int, Timing] | None:
@@ -679,9 +686,13 @@ def create_server() -> QwenServer:
         manual = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
         if params.context.selected_completion_info is not None and not manual:
             return None  # the user is choosing from the completion menu
-        found = await ls.suggest(params.text_document.uri, params.position, manual=manual)
+        uri = params.text_document.uri
+        found = await ls.suggest(uri, params.position, manual=manual)
         if found is None:
-            return None
+            # "Nothing here" is an empty list: Neovim 0.12 keeps showing its
+            # last item until a list replaces it, while null (the text moved
+            # on since the request, or an unknown document) leaves it alone.
+            return types.InlineCompletionList(items=[]) if ls.held_still(uri) else None
         doc, suggestion, offset, timing = found
         t = time.perf_counter()
         cursor = types.Position(*doc.position_at(offset, ls.encoding))

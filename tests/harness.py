@@ -84,6 +84,21 @@ def open_doc(client: LanguageClient, uri: str, text: str, language: str = "pytho
 
 async def inline(client: LanguageClient, uri: str, line: int, character: int,
                  invoked: bool = True) -> types.InlineCompletionList | None:
+    """The suggestions at a position, or None when there are none.
+
+    The server answers "nothing" as null or as an empty list (see
+    ``inline_raw`` and test_core's test of the two); most tests only care
+    that nothing is suggested.
+    """
+    result = await inline_raw(client, uri, line, character, invoked)
+    if isinstance(result, types.InlineCompletionList) and not result.items:
+        return None
+    return result
+
+
+async def inline_raw(client: LanguageClient, uri: str, line: int, character: int,
+                     invoked: bool = True) -> Any:
+    """The server's answer to an inline completion request, as it came."""
     kind = (types.InlineCompletionTriggerKind.Invoked if invoked
             else types.InlineCompletionTriggerKind.Automatic)
     return await client.text_document_inline_completion_async(types.InlineCompletionParams(

@@ -7,15 +7,17 @@ and position encodings on non-ASCII lines.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 from lsprotocol import types
 
-from tests.fake_upstream import FakeUpstream, Reply
+from tests.fake_upstream import FakeUpstream, Reply, fim_parts
 from tests.harness import (
     complete,
     inline,
+    inline_raw,
     open_doc,
     openai_env,
     reconfigure,
@@ -282,6 +284,42 @@ async def test_unknown_document_and_bad_positions_answer_empty(tmp_path) -> None
         finally:
             await stop_client(client)
     assert [r for r in fake.requests if r.method == "POST"] == []
+
+
+async def test_nothing_to_suggest_is_an_empty_list_unless_the_text_moved_on(tmp_path) -> None:
+    """Neovim 0.12 keeps its last ghost text until a list replaces it: "nothing
+    here" must be an empty list. An answer for a text the editor has changed
+    since says nothing about the text now: null, which leaves the editor's
+    state alone."""
+
+    def reply(request) -> Reply:
+        before = fim_parts(str((request.json or {}).get("prompt", "")))[0]
+        # At the end of "    return" (where a key is typed meanwhile): a slow answer.
+        if not before.endswith("))"):
+            return Reply(text="a + b", first_token_delay=1.5)
+        return Reply(text="")
+
+    with FakeUpstream(reply) as fake:
+        client = await start_client(openai_env(tmp_path, fake.openai_base))
+        try:
+            open_doc(client, URI, DOC)
+            nothing = await inline_raw(client, URI, 3, 16)  # the model answers ""
+            assert isinstance(nothing, types.InlineCompletionList), nothing
+            assert list(nothing.items) == []
+            pending = asyncio.create_task(inline_raw(client, URI, 1, 11))
+            for _ in range(200):
+                if sum(1 for r in fake.requests if r.method == "POST") == 2:
+                    break
+                await asyncio.sleep(0.05)
+            client.text_document_did_change(types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),
+                content_changes=[types.TextDocumentContentChangePartial(
+                    range=types.Range(start=types.Position(1, 11), end=types.Position(1, 11)),
+                    text="x")]))
+            assert await pending is None
+        finally:
+            await stop_client(client)
+    assert sum(1 for r in fake.requests if r.method == "POST") == 2
 
 
 def test_stats_snapshot_is_json() -> None:

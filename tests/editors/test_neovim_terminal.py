@@ -315,6 +315,65 @@ def test_tab_accepts_ghost_text_leaving_exact_buffer_and_screen(
         accept(term, "Tab", after_lines(case))
 
 
+def _typed_reply(case: Case, typed: str, then: str) -> Callable[[Recorded], Reply]:
+    """The case's reply at its line; ``then`` (slowly) once ``typed`` follows it."""
+    first = answer_at(case)
+    line = case.before.split("\n")[case.line]
+
+    def reply(request: Recorded) -> Reply:
+        body = request.json if isinstance(request.json, dict) else {}
+        prefix = fim_parts(str(body.get("prompt", "")))[0]
+        if prefix.endswith(line + typed):
+            return Reply(text=then, chunks=[then] if then else None, first_token_delay=2.0)
+        return first(request)
+
+    return reply
+
+
+def test_typing_off_the_ghost_text_hides_it_and_tab_is_a_tab(
+    nvim: Path, tmp_path: Path
+) -> None:
+    """Keys that do not follow the suggestion make it stale at once: it is not
+    drawn over them, and a Tab right after them (before Neovim has asked
+    again) is an ordinary Tab, not the old suggestion at the old place."""
+    case = CASES[0]
+    line = case.before.split("\n")[case.line]
+    with FakeUpstream(_typed_reply(case, "zq", "")) as fake, \
+            terminal(nvim, tmp_path, fake, case.before) as term:
+        wait_for_ghost(term, case)
+        term.keys("z", "q", "Tab")  # one send-keys: well inside Neovim's 200 ms debounce
+        typed = term.wait("the typed keys", lambda: (
+            s := term.state())["lines"][case.line].startswith(line + "zq") and s)
+        now = typed["lines"][case.line]
+        assert now[len(line + "zq"):].strip() == "", now  # the Tab's own blanks
+        assert not any("title" in row for row in typed["lines"]), typed["lines"]
+        # Until the next answer (2 s away) and after it: only what was typed.
+        assert not term.state()["ghost"], term.state()["ghost"]
+        term.wait("the follow-up request to be answered",
+                  lambda: fake.requests and term.state()["pending"] == 0)
+        screen = term.settled_screen()
+        assert screen[case.line].rstrip() == now.rstrip(), "\n".join(screen)
+        assert not term.state()["ghost"]
+
+
+def test_tab_after_typing_along_the_ghost_text_does_not_repeat_the_keys(
+    nvim: Path, tmp_path: Path
+) -> None:
+    """Keys that follow the suggestion keep it, and a Tab before Neovim has
+    asked again inserts the rest of it: the typed keys are not left behind
+    the inserted text."""
+    case = CASES[0]
+    with FakeUpstream(_typed_reply(case, "na", "me.title()")) as fake, \
+            terminal(nvim, tmp_path, fake, case.before) as term:
+        wait_for_ghost(term, case)
+        term.keys("n", "a", "Tab")
+        want = after_lines(case)
+        term.wait("the accepted text", lambda: term.state()["lines"] == want)
+        state = term.state()
+        line = case.before.split("\n")[case.line]
+        assert state["cursor"] == [case.line + 1, len((line + case.reply).encode())], state
+
+
 # One line for the next line: with no menu (a single item, Neovim's default
 # 'completeopt') <C-y> also acts as i_CTRL-Y, which would add the character
 # above the cursor ("é") after the item.

@@ -219,6 +219,89 @@ local function report_cursor(client, bufnr)
   })
 end
 
+-- 0.12's vim.lsp.inline_completion keeps its current item, with the range
+-- it was asked for, until an answer with items replaces it. Each cursor move
+-- draws it again, skipping as many characters as were typed since, whether
+-- or not they match it; <Tab> then inserts it at the old position, before
+-- what was typed. So an item is checked against the text typed since its
+-- range start: text that leaves it makes it stale (hidden, and <Tab> is an
+-- ordinary Tab); text that follows it is replaced by it on accept instead of
+-- being left after it. The item lives in Neovim's private state; where that
+-- looks different (another version) nothing here changes anything.
+local function inline_state(bufnr)
+  local ok, capability = pcall(require, 'vim.lsp._capability')
+  local class = ok and type(capability) == 'table' and type(capability.all) == 'table'
+    and capability.all.inline_completion
+  local state = type(class) == 'table' and type(class.active) == 'table' and class.active[bufnr]
+  local item = type(state) == 'table' and state.current
+  if type(item) ~= 'table' or type(item.insert_text) ~= 'string' or type(item.range) ~= 'table'
+      or type(state.hide) ~= 'function' then
+    return nil
+  end
+  local start, stop = item.range.start, item.range.end_
+  if type(start) ~= 'table' or type(stop) ~= 'table' or type(start.row) ~= 'number'
+      or type(stop.row) ~= 'number' then
+    return nil
+  end
+  return state, item
+end
+
+-- The text typed since the item's range start, or nil when the cursor is
+-- before it (or in another window).
+local function typed_since(bufnr, item)
+  local win = vim.fn.bufwinid(bufnr)
+  if win == -1 or vim.api.nvim_get_current_buf() ~= bufnr then
+    return nil
+  end
+  local row, col = unpack(vim.api.nvim_win_get_cursor(win))
+  row = row - 1
+  local start = item.range.start
+  if row < start.row or (row == start.row and col < start.col) then
+    return nil
+  end
+  local ok, lines = pcall(vim.api.nvim_buf_get_text, bufnr, start.row, start.col, row, col, {})
+  return ok and table.concat(lines, '\n') or nil
+end
+
+local function follows(text, typed)
+  return typed ~= nil and text:sub(1, #typed) == typed
+end
+
+local function drop_stale_ghost(bufnr)
+  local state, item = inline_state(bufnr)
+  if state and not follows(item.insert_text, typed_since(bufnr, item)) then
+    state.current = nil
+    state:hide()
+  end
+end
+
+-- Accept with what was typed since the item was asked for taken into
+-- account: the item's range moved on by the typed text.
+local function accept_after_typing(bufnr, item)
+  local typed = typed_since(bufnr, item)
+  local start, stop = item.range.start, item.range.end_
+  if not follows(item.insert_text, typed) or stop.row ~= start.row then
+    return
+  end
+  local row, col = unpack(vim.api.nvim_win_get_cursor(0))
+  row = row - 1
+  local lines = vim.split(item.insert_text, '\n', { plain = true })
+  -- What the range replaced (auto-closed characters) now sits after the cursor.
+  local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, true)[1]
+  local end_col = math.min(col + (stop.col - start.col), #line)
+  vim.api.nvim_buf_set_text(bufnr, start.row, start.col, row, end_col, lines)
+  vim.api.nvim_win_set_cursor(0, {
+    start.row + #lines,
+    (#lines == 1 and start.col or 0) + #lines[#lines],
+  })
+  if item.command then
+    local client = vim.lsp.get_client_by_id(item.client_id)
+    if client then
+      client:exec_cmd(item.command, { bufnr = bufnr })
+    end
+  end
+end
+
 local function on_attach_modern(client, bufnr, opts)
   report_cursor(client, bufnr)
   local triggers = client.server_capabilities.completionProvider
@@ -283,8 +366,24 @@ local function on_attach_modern(client, bufnr, opts)
   if opts.inline and vim.lsp.inline_completion then
     vim.lsp.inline_completion.enable(true, { bufnr = bufnr })
     local keys = opts.keys
+    vim.api.nvim_create_autocmd({ 'TextChangedI', 'CursorMovedI' }, {
+      group = vim.api.nvim_create_augroup('qwen_lsp_ghost_' .. bufnr, { clear = true }),
+      buffer = bufnr,
+      callback = function()
+        drop_stale_ghost(bufnr)
+      end,
+    })
     vim.keymap.set('i', keys.accept, function()
-      if not vim.lsp.inline_completion.get() then
+      drop_stale_ghost(bufnr)
+      local known = inline_state(bufnr) ~= nil
+      local accepted = vim.lsp.inline_completion.get(known and {
+        bufnr = bufnr,
+        -- Stale by now (a key typed meanwhile): the buffer is left alone.
+        on_accept = function(item)
+          accept_after_typing(bufnr, item)
+        end,
+      } or nil)
+      if not accepted then
         return keys.accept
       end
     end, { expr = true, buffer = bufnr, desc = 'qwen-lsp: accept suggestion' })
