@@ -421,6 +421,7 @@ def build_context(
     max_output_tokens: int = 0,
     context_window: int | None = None,
     blank_line_layout: bool = True,
+    window_start: int | None = None,
 ) -> CompletionContext:
     """Cut the document around ``offset`` into a budgeted, anchored context.
 
@@ -430,6 +431,9 @@ def build_context(
     windows end at line boundaries, except that a single line longer than its
     whole share is cut inside the line. ``blank_line_layout=False`` keeps the
     literal split at the cursor on blank lines (for measurements).
+    ``window_start``: a line start at or above the cursor's line where the
+    window begins instead (a start the engine has computed before; the
+    caller bounds how far above the budget it lies).
     """
     offset = max(0, min(offset, len(text)))
     line_start = text.rfind("\n", 0, offset) + 1
@@ -445,7 +449,10 @@ def build_context(
     prefix_chars = int(own * CHARS_PER_TOKEN) - suffix_chars
 
     cur_line_len = offset - line_start
-    if cur_line_len >= prefix_chars:
+    if (window_start is not None and 0 <= window_start <= line_start
+            and (window_start == 0 or text[window_start - 1] == "\n")):
+        start, start_line_idx = window_start, text.count("\n", 0, window_start)
+    elif cur_line_len >= prefix_chars:
         # One enormous line (minified code): no line boundary is in reach.
         start, start_line_idx = offset - prefix_chars, text.count("\n", 0, line_start)
     else:

@@ -34,7 +34,7 @@ from qwen_lsp.health import UpstreamHealth
 from qwen_lsp.postprocess import PostContext, Suggestion, postprocess, stream_should_stop
 from qwen_lsp.pricing import Price
 from qwen_lsp.prompt_cache import EngineView
-from qwen_lsp.prompts import PartialBlocks, build_request, partial_blocks
+from qwen_lsp.prompts import PartialBlocks, build_request, fim_prompt, partial_blocks
 from qwen_lsp.providers.base import Provider, TextDelta, UpstreamError, UpstreamRequest, Usage
 from qwen_lsp.ratelimit import TokenBudget
 from qwen_lsp.stats import Stats
@@ -51,6 +51,9 @@ GAP_QUANTILE = 0.9
 # for it is prompt processing, which no early answer can shorten, and a block
 # that arrives at once must not be cut to its complete lines.
 EARLY_ANSWER_S = 0.4
+# Local engine: a prompt with at most this many tokens left to compute is sent
+# after the shortest debounce.
+QUICK_NEW_TOKENS = 24
 
 
 @dataclass
@@ -156,6 +159,7 @@ class Engine:
         self._on_timeout = on_timeout
         # The local engine's KV cache as we know it (None for remote upstreams).
         self.view = view
+        self._debouncing = 0  # flights waiting out their debounce
         self._flights_up = 0  # upstream streams open now (prefills wait for none)
         self._on_paused = on_paused
         self._clock = clock
@@ -281,8 +285,8 @@ class Engine:
 
     @property
     def idle(self) -> bool:
-        """No upstream stream is open (the local engine is free)."""
-        return self._flights_up == 0
+        """No upstream stream is open and none is about to be (the local engine is free)."""
+        return self._flights_up == 0 and self._debouncing == 0
 
     async def prefill(self, prompt: str) -> bool:
         """Have the local engine process ``prompt`` and keep its state: no real output.
@@ -359,6 +363,11 @@ class Engine:
         if cfg.debounce_ms is not None:
             return cfg.debounce_ms / 1000.0
         lo, hi = cfg.debounce_min_ms / 1000.0, cfg.debounce_max_ms / 1000.0
+        if self.view is not None and self.view.cost(fim_prompt(ctx)).new_tokens <= QUICK_NEW_TOKENS:
+            # The local engine has this prompt all but computed (typing appends
+            # to it): a request that the next key supersedes costs a few
+            # tokens and no money, so there is no pause to wait for.
+            return lo
         if not state.gaps:
             return lo  # no typing burst seen: the user has paused
         # Fire only at a real pause: wait a little longer than almost every
@@ -424,7 +433,13 @@ class Engine:
 
     async def _fly_inner(self, flight: _Flight, delay: float) -> Suggestion | None:
         if delay > 0:
-            await asyncio.sleep(delay)
+            # A request waiting out its debounce keeps the engine from being
+            # idle: warm-up started now would be in its way when it fires.
+            self._debouncing += 1
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self._debouncing -= 1
         if not self.health.acquire(manual=flight.ctx.manual):
             self.stats.skipped_backoff += 1
             self._paused(self.health.message())

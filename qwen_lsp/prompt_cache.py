@@ -35,6 +35,7 @@ MIN_SAMPLE_TOKENS = 24
 # sampled token. Subtracted from the time to the first token before dividing.
 REQUEST_OVERHEAD_S = 0.08
 EWMA_WEIGHT = 0.3
+MAX_SPEEDUP = 1.5  # a sample counts for at most this times the current speed
 # The engine's RAM cache of saved states (its --cache_size), counted honestly:
 # see providers/local_child.py. Each state of a place costs its KV cells
 # (12 kB a token for the 0.5B model) plus the logits row of its last token.
@@ -152,12 +153,21 @@ class EngineView:
             self.observe(cost.new_tokens, busy)
 
     def observe(self, tokens: int, seconds: float) -> None:
-        """One throughput sample: ``tokens`` prompt tokens processed in ``seconds``."""
+        """One throughput sample: ``tokens`` prompt tokens processed in ``seconds``.
+
+        A sample far above the current speed is much more likely a prompt the
+        engine had cached beyond what this view knows (a state it saved from a
+        stream we closed early, say) than a faster CPU: it moves the average
+        by at most MAX_SPEEDUP per sample. One such sample (1,441 tokens/s
+        against 300) once made the next request take a 764-token window and
+        5.6 s. Slow samples count in full: a busy machine is slow for real.
+        """
         rate = tokens / max(0.01, seconds)
         if not self.measured:
             self.tokens_per_s = rate
             self.measured = True
         else:
+            rate = min(rate, self.tokens_per_s * MAX_SPEEDUP)
             self.tokens_per_s += EWMA_WEIGHT * (rate - self.tokens_per_s)
         self.samples += 1
 
@@ -206,20 +216,11 @@ class EngineView:
         }
 
 
-def choose(costs: Sequence[Cost], budget_new_tokens: int) -> int:
-    """Index of the largest prompt whose new tokens fit the budget.
-
-    ``costs`` run from the largest prompt to the smallest; when none fits,
-    the smallest is taken (the first answer must come from somewhere).
-    """
-    for i, c in enumerate(costs):
-        if c.new_tokens <= budget_new_tokens:
-            return i
-    return len(costs) - 1
-
-
 # The first answer at a new place should need about this much prompt processing.
 TARGET_PROMPT_S = 1.0
+# At a place the engine has already computed (typing, Tab, a revisit, after the
+# warm-up) an answer should need no more than this much.
+QUICK_PROMPT_S = 0.15
 # Smallest window offered (a few lines around the cursor).
 MIN_CONTEXT_TOKENS = 96
 
@@ -235,14 +236,79 @@ def candidate_budgets(full_tokens: int) -> list[int]:
     return out
 
 
+def pick_budget(new_tokens: Sequence[int], *, quick: int, limit: int) -> int:
+    """Index of the window to send, given the prompt tokens each would cost the
+    engine (largest window first).
+
+    The largest window that is (nearly) computed already, when there is one:
+    typing, Tab, a revisit and a place the warm-up has filled are answered
+    without waiting for more context; the warm-up grows the window there while
+    the user pauses. With nothing computed (a new place), the largest window
+    whose prompt fits ``limit`` new tokens; with nothing fitting, the smallest.
+    """
+    ready = next((i for i, n in enumerate(new_tokens) if n <= quick), None)
+    if ready is not None:
+        return ready
+    return next((i for i, n in enumerate(new_tokens) if n <= limit), len(new_tokens) - 1)
+
+
 def fit_context(build: Callable[[int], CompletionContext], view: EngineView,
-                full_tokens: int, seconds: float = TARGET_PROMPT_S) -> CompletionContext:
-    """The context from the largest budget whose FIM prompt's uncached part fits
-    ``seconds`` of the engine's prompt processing; the smallest when none does."""
-    limit = view.budget_tokens(seconds)
+                full_tokens: int, seconds: float = TARGET_PROMPT_S,
+                quick_seconds: float = QUICK_PROMPT_S) -> CompletionContext:
+    """The context to send at a place, chosen by :func:`pick_budget` from what
+    the engine has computed and how fast it computes the rest."""
     budgets = candidate_budgets(full_tokens)
-    for budget in budgets[:-1]:
-        ctx = build(budget)
-        if view.cost(fim_prompt(ctx)).new_tokens <= limit:
-            return ctx
-    return build(budgets[-1])
+    contexts = [build(b) for b in budgets]
+    new = [view.cost(fim_prompt(c)).new_tokens for c in contexts]
+    # The quick limit never falls below a few tokens: typing a key or Enter
+    # adds one or two, and a slow estimate must not turn them into a recompute.
+    quick = max(8, view.budget_tokens(quick_seconds))
+    return contexts[pick_budget(new, quick=quick, limit=view.budget_tokens(seconds))]
+
+
+class WindowStarts:
+    """Where the windows sent to the engine started, per document, found again by text.
+
+    A window's start moves with its budget's edge: a line or two lower (Enter,
+    a revisit below the line left) can put it at the next anchor line, and then
+    nothing of the window is cached. Remembering the starts sent lets a window
+    begin where an earlier one began, if that is only a little above its own
+    start. Starts are keyed by the text that follows them, so edits elsewhere
+    need no bookkeeping.
+    """
+
+    KEY_CHARS = 160
+
+    def __init__(self, per_document: int = 64) -> None:
+        self.per_document = per_document
+        self._starts: dict[str, OrderedDict[str, None]] = {}
+
+    def remember(self, uri: str, text: str, start: int) -> None:
+        key = text[start:start + self.KEY_CHARS]
+        if not key:
+            return
+        starts = self._starts.setdefault(uri, OrderedDict())
+        starts[key] = None
+        starts.move_to_end(key)
+        while len(starts) > self.per_document:
+            starts.popitem(last=False)
+
+    def near(self, uri: str, text: str, start: int, max_chars: int) -> int | None:
+        """The nearest remembered line start above ``start`` (a line start) and at
+        most ``max_chars`` before it; None when ``start`` itself was sent or
+        nothing near was."""
+        starts = self._starts.get(uri)
+        if not starts:
+            return None
+        pos = start
+        while True:
+            if text[pos:pos + self.KEY_CHARS] in starts:
+                return None if pos == start else pos
+            if pos <= 0:
+                return None
+            pos = text.rfind("\n", 0, pos - 1) + 1
+            if start - pos > max_chars:
+                return None
+
+    def forget(self, uri: str) -> None:
+        self._starts.pop(uri, None)

@@ -44,6 +44,7 @@ from qwen_lsp.pricing import price_for
 from qwen_lsp.prompt_cache import (
     STATE_CACHE_BYTES,
     EngineView,
+    WindowStarts,
     candidate_budgets,
     fit_context,
 )
@@ -67,6 +68,8 @@ TRIGGER_CHARACTERS = [".", "(", "[", "{", ",", ":", "=", " ", "\n", "\t", ">", '
 _WORD_TAIL = re.compile(r"\w+$")
 # One pre-fill chunk: what a real request may have to wait for behind it.
 PREFILL_CHUNK_S = 0.5
+# The local engine's windows get other files' snippets from this budget up.
+CROSS_FILE_MIN_TOKENS = 1024
 # Start-up measurement of the local engine's prompt speed, when no file is open yet.
 _CALIBRATION = "".join(
     f"def step_{i}(values, scale={i}):\n    return [v * scale + {i} for v in values]\n\n"
@@ -161,6 +164,7 @@ class QwenProtocol(LanguageServerProtocol):
         self._server._files.pop(uri, None)
         self._server._request_seq.pop(uri, None)
         self._server.last_completion.pop(uri, None)
+        self._server._starts.forget(uri)
         if self._server.engine is not None:
             self._server.engine.forget(uri)
         yield from ()
@@ -203,7 +207,8 @@ class QwenServer(LanguageServer):
         # is at (uri, offset), and the background warm-up there.
         self.view = EngineView(STATE_CACHE_BYTES)
         self.place: tuple[str, int] | None = None
-        self._prefetch: tuple[str, int, int, Suggestion, tuple[Snippet, ...]] | None = None
+        self._prefetch: tuple[str, int, str, int, Suggestion, tuple[Snippet, ...]] | None = None
+        self._starts = WindowStarts()
         self.warmer = Warmer(self._warm_step, engine_idle=self._engine_idle)
         # Set once the first workspace/configuration answer is in (or known
         # not to come), so the first completion uses the user's settings.
@@ -452,6 +457,7 @@ class QwenServer(LanguageServer):
         self.user_at(uri, offset)
         snippets = self._snippets(doc, offset)
         ctx = self._context(doc, doc.text, offset, snippets, manual=manual)
+        self._sent(uri, doc.text, ctx)
         cfg = self.engine.config
         if cfg.mode == "partial" and cfg.context_cache != "implicit":
             ctx = keep_window_start(ctx, doc.text, self.engine.explicit_cache.window_start(uri))
@@ -477,8 +483,8 @@ class QwenServer(LanguageServer):
             return None, None
         if self.engine.view is not None:
             # Tab, Tab, Tab: compute what comes after this one while the user reads it.
-            self._prefetch = (uri, doc.version, offset, suggestion, tuple(snippets))
-            self.warmer.poke()
+            self._prefetch = (uri, doc.version, doc.text, offset, suggestion, tuple(snippets))
+            self.warmer.poke(now=True)
         return (doc, suggestion, offset, timing), None
 
     # -- prompt budget and warm-up (local engine) ------------------------------------
@@ -500,20 +506,43 @@ class QwenServer(LanguageServer):
         window whose uncached part fits about a second of prompt processing."""
         s = self.settings
         rel, _ = self._file_info(doc.uri)
+        view = self.engine.view if self.engine is not None else None
 
-        def build(budget: int) -> CompletionContext:
+        def build(budget: int, window_start: int | None = None) -> CompletionContext:
+            # Other files' snippets open the prompt, and which ones are chosen
+            # moves with the cursor and with the files open: in the engine's
+            # small windows they would cost every place its cache (and get a
+            # few dozen tokens there). They go into the large windows only.
+            shared = snippets if view is None or budget >= CROSS_FILE_MIN_TOKENS else ()
             return build_context(
                 text, offset, uri=doc.uri, path=rel, language=doc.language_id,
                 version=doc.version, context_tokens=budget, multiline_setting=s.multiline,
-                snippets=snippets, repo_name=self.root.name if self.root else "",
+                snippets=shared, repo_name=self.root.name if self.root else "",
                 manual=manual, max_output_tokens=s.max_tokens,
                 context_window=s.context_size if s.provider == "local" else None,
+                window_start=window_start,
             )
 
-        view = self.engine.view if self.engine is not None else None
-        if tokens is not None or view is None:
+        if view is None:
             return build(tokens or s.context_tokens)
-        return fit_context(build, view, s.context_tokens)
+
+        def sticky(budget: int) -> CompletionContext:
+            # A window that starts where one the engine computed started, a
+            # few lines above this budget's own start: its prompt is mostly
+            # cached (a line or two below a place, after Enter, on a revisit).
+            ctx = build(budget)
+            start = self._starts.near(doc.uri, text, ctx.offset - len(ctx.prefix),
+                                      len(ctx.prefix) // 2)
+            return ctx if start is None else build(budget, start)
+
+        if tokens is not None:
+            return sticky(tokens)
+        return fit_context(sticky, view, s.context_tokens)
+
+    def _sent(self, uri: str, text: str, ctx: CompletionContext) -> None:
+        """``ctx`` goes to the local engine: later windows nearby may start where it starts."""
+        if self.engine is not None and self.engine.view is not None:
+            self._starts.remember(uri, text, ctx.offset - len(ctx.prefix))
 
     def user_at(self, uri: str, offset: int) -> None:
         """The user is at this place (open, edit, cursor move, request)."""
@@ -540,16 +569,21 @@ class QwenServer(LanguageServer):
             return False
         return await engine.prefill(prompt)
 
-    async def _prefetch_accepted(self, uri: str, version: int, offset: int,
+    async def _prefetch_accepted(self, uri: str, version: int, text: str, offset: int,
                                  suggestion: Suggestion, snippets: tuple[Snippet, ...]) -> None:
+        """The suggestion after ``suggestion``, for the text as if it were accepted:
+        while the user still reads it, or once they have accepted it as it was."""
         doc = self.documents.get(uri)
-        if doc is None or doc.version != version or self.engine is None:
+        if doc is None or self.engine is None:
             return
-        text = (doc.text[:offset] + suggestion.text
-                + doc.text[offset + suggestion.replace_suffix_chars:])
-        ctx = self._context(doc, text, offset + len(suggestion.text), snippets, manual=False)
+        accepted = (text[:offset] + suggestion.text
+                    + text[offset + suggestion.replace_suffix_chars:])
+        if doc.version != version and doc.text != accepted:
+            return  # the user went another way
+        ctx = self._context(doc, accepted, offset + len(suggestion.text), snippets, manual=False)
         if skip_reason(ctx, untitled=not uri.startswith("file:")) is not None:
             return
+        self._sent(uri, accepted, ctx)
         self.engine.stats.prefetches += 1
         await self.engine.complete(ctx, prefetch=True)
 
@@ -574,11 +608,12 @@ class QwenServer(LanguageServer):
         snippets = self._snippets(doc, offset)
         chunk_chars = int(max(16, view.budget_tokens(PREFILL_CHUNK_S)) * CHARS_PER_TOKEN)
         for budget in reversed(candidate_budgets(s.context_tokens)):
-            prompt = fim_prompt(self._context(doc, doc.text, offset, snippets, manual=False,
-                                              tokens=budget))
+            ctx = self._context(doc, doc.text, offset, snippets, manual=False, tokens=budget)
+            prompt = fim_prompt(ctx)
             cost = view.cost(prompt)
             if len(prompt) - cost.cached_chars < 2 * CHARS_PER_TOKEN:
                 continue  # this window is ready
+            self._sent(uri, doc.text, ctx)
             end = cost.cached_chars + chunk_chars
             if end >= len(prompt):
                 return prompt

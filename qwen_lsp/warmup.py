@@ -41,12 +41,19 @@ class Warmer:
         self.idle_s = idle_s
         self._clock = clock
         self._last_poke = float("-inf")
+        self._urgent = False
         self._task: asyncio.Task[None] | None = None
         self.steps = 0
 
-    def poke(self) -> None:
-        """Something happened in the editor: work again after the next pause."""
+    def poke(self, *, now: bool = False) -> None:
+        """Something happened in the editor: work again after the next pause.
+
+        ``now``: the next step is worth running without waiting for a pause
+        (the suggestion after one just shown: the user reads it, and a key
+        typed meanwhile abandons the step like any other).
+        """
         self._last_poke = self._clock()
+        self._urgent = self._urgent or now
         if self._task is None or self._task.done():
             try:
                 loop = asyncio.get_running_loop()
@@ -62,13 +69,14 @@ class Warmer:
         try:
             while True:
                 wait = self.idle_s - (self._clock() - self._last_poke)
-                if wait > 0:
+                if wait > 0 and not self._urgent:
                     await asyncio.sleep(wait)
                     continue
                 if not self._engine_idle():
                     await asyncio.sleep(_POLL_S)
                     continue
                 poked = self._last_poke
+                self._urgent = False
                 if not await self._step():
                     if self._last_poke == poked:
                         return  # nothing left to do until the next poke

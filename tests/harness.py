@@ -124,6 +124,12 @@ async def clear_cache(client: LanguageClient) -> None:
         types.ExecuteCommandParams(command="qwen.clearCache"))
 
 
+async def stats(client: LanguageClient) -> dict[str, Any]:
+    """The server's ``qwen.stats`` (request counters, latencies)."""
+    return await client.workspace_execute_command_async(
+        types.ExecuteCommandParams(command="qwen.stats"))
+
+
 async def status(client: LanguageClient) -> dict[str, Any]:
     """The server's ``qwen.status`` (resolved settings, local engine)."""
     return await client.workspace_execute_command_async(

@@ -233,3 +233,46 @@ async def test_revisit_restores_the_saved_state_of_a_place(tmp_path) -> None:
     # A's window was restored, and only the typed end of it was evaluated.
     assert reused > 2 * remaining, hits
     assert st["localCache"]["stateRestores"] >= 1
+
+
+async def test_tab_right_after_a_suggestion_is_answered_by_the_prefetch(tmp_path) -> None:
+    """Accept a suggestion at once (the editor sends the edit before any pause):
+    the server has already asked the engine for the next one, "as if accepted",
+    and the request at the new cursor needs no engine call of its own."""
+    import asyncio
+
+    from lsprotocol import types
+
+    from tests.harness import stats
+
+    uri = "file:///work/proj/shapes.py"
+    text = ("class Point:\n    def __init__(self, x, y):\n        self.x = x\n"
+            "        \n")
+    client = await start_client(server_env(tmp_path))
+    try:
+        open_doc(client, uri, text)
+        res = await inline(client, uri, 3, 8)
+        assert res is not None and res.items, "no suggestion to accept"
+        shown = str(res.items[0].insert_text)
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+            content_changes=[types.TextDocumentContentChangePartial(
+                range=types.Range(start=types.Position(3, 8), end=types.Position(3, 8)),
+                text=shown)]))
+        for _ in range(600):  # until the prefetch has run (the warm-up goes idle)
+            await asyncio.sleep(0.1)
+            if (await stats(client))["prefetches"] and not (
+                    await status(client))["localCache"]["warmUpRunning"]:
+                break
+        before = await stats(client)
+        cursor = text.index("\n        \n") + 9  # line 3, character 8
+        before_cursor = (text[:cursor] + shown).split("\n")
+        await inline(client, uri, len(before_cursor) - 1,
+                     len(before_cursor[-1].encode("utf-16-le")) // 2)
+        after = await stats(client)
+    finally:
+        await stop_client(client)
+    assert before["prefetches"] >= 1, before
+    assert after["upstreamRequests"] == before["upstreamRequests"], (before, after)
+    assert after["cacheHits"] + after["typedThroughHits"] > (
+        before["cacheHits"] + before["typedThroughHits"]), (before, after)

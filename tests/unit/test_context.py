@@ -288,3 +288,23 @@ def test_skip_reason(text: str, cursor: int, manual: bool, untitled: bool,
                      expected: str | None) -> None:
     ctx = ctx_at(text, cursor, manual=manual)
     assert skip_reason(ctx, untitled=untitled) == expected
+
+
+def test_a_window_start_given_by_the_caller_is_kept_when_it_is_a_line_start_above() -> None:
+    text = "".join(f"value_{i} = compute({i})\n" for i in range(200))
+    offset = text.index("value_150")
+    natural = build_context(text, offset, uri="file:///a.py", path="a.py", language="python",
+                            version=1, context_tokens=256)
+    start = offset - len(natural.prefix)
+    above = text.rfind("\n", 0, text.rfind("\n", 0, start - 1)) + 1  # two lines up
+    ctx = build_context(text, offset, uri="file:///a.py", path="a.py", language="python",
+                        version=1, context_tokens=256, window_start=above)
+    assert offset - len(ctx.prefix) == above
+    assert ctx.prefix_start_line == text.count("\n", 0, above)
+    assert ctx.suffix == natural.suffix
+    # Not a line start, or below the cursor's line: the window's own start.
+    for bad in (above + 3, offset + 5):
+        other = build_context(text, offset, uri="file:///a.py", path="a.py",
+                              language="python", version=1, context_tokens=256,
+                              window_start=bad)
+        assert other.prefix == natural.prefix

@@ -13,11 +13,10 @@ from qwen_lsp.prompt_cache import (
     LOGITS_ROW_BYTES,
     MIN_CONTEXT_TOKENS,
     STATE_BYTES_PER_TOKEN,
-    Cost,
     EngineView,
     candidate_budgets,
-    choose,
     common_prefix_len,
+    pick_budget,
 )
 from qwen_lsp.warmup import Warmer
 
@@ -82,11 +81,32 @@ def test_throughput_is_measured_from_requests_with_enough_new_tokens() -> None:
     assert view.budget_tokens(1.0) == int(view.tokens_per_s)
 
 
-def test_choose_takes_the_largest_prompt_that_fits_else_the_smallest() -> None:
-    costs = [Cost(1500, 0, "none"), Cost(700, 650, "kv"), Cost(90, 0, "none")]
-    assert choose(costs, 80) == 1
-    assert choose(costs, 2000) == 0
-    assert choose([Cost(1500, 0, "none"), Cost(300, 0, "none")], 80) == 1
+BUDGETS = [1536, 768, 384, 192, 96]
+
+
+@pytest.mark.parametrize(("new_tokens", "expected", "case"), [
+    # Nothing computed: the largest window that fits the limit (200 tokens).
+    ([1536, 768, 384, 192, 96], 192, "new place"),
+    ([1536, 768, 384, 300, 250], 96, "nothing fits: the smallest"),
+    # A window computed before is taken, although a larger one would fit the
+    # limit: the answer comes without waiting, and the warm-up grows it later.
+    ([1536, 768, 150, 3, 2], 192, "revisit"),
+    ([1536, 768, 384, 2, 1], 192, "typing"),
+    ([1536, 5, 4, 3, 2], 768, "warmed up far"),
+])
+def test_pick_budget_takes_what_is_computed_else_what_fits(
+    new_tokens: list[int], expected: int, case: str
+) -> None:
+    assert BUDGETS[pick_budget(new_tokens, quick=20, limit=200)] == expected, case
+
+
+def test_a_sample_far_above_the_speed_moves_it_only_a_little() -> None:
+    view = EngineView(1 << 30)
+    view.observe(300, 1.0)
+    view.observe(1500, 1.0)  # a prompt the engine had cached unbeknown to us
+    assert view.tokens_per_s < 400
+    view.observe(100, 1.0)  # a busy machine counts in full
+    assert view.tokens_per_s < 330
 
 
 @pytest.mark.parametrize(("full", "expected"), [
@@ -142,3 +162,51 @@ async def test_warmer_runs_steps_only_in_pauses_and_stops_when_done() -> None:
         await asyncio.sleep(0.01)
     assert len(done) == 4
     await w.aclose()
+
+
+async def test_an_urgent_poke_runs_the_next_step_without_waiting_for_a_pause() -> None:
+    loop = asyncio.get_running_loop()
+    done: list[float] = []
+    work = [2]
+
+    async def step() -> bool:
+        if work[0] == 0:
+            return False
+        work[0] -= 1
+        done.append(loop.time())
+        return True
+
+    w = Warmer(step, engine_idle=lambda: True, idle_s=5.0)
+    t0 = loop.time()
+    w.poke(now=True)
+    for _ in range(100):
+        if done:
+            break
+        await asyncio.sleep(0.01)
+    assert done and done[0] - t0 < 1.0
+    # Only that one step: the next waits for the pause again.
+    w.poke()
+    await asyncio.sleep(0.3)
+    assert len(done) == 1
+    await w.aclose()
+
+
+def test_window_starts_are_found_again_by_their_text_a_little_above() -> None:
+    from qwen_lsp.prompt_cache import WindowStarts
+
+    lines = [f"line_{i} = {i} * factor\n" for i in range(40)]
+    text = "".join(lines)
+    at = [sum(len(x) for x in lines[:i]) for i in range(41)]
+    starts = WindowStarts()
+    starts.remember("u", text, at[10])
+    assert starts.near("u", text, at[10], 200) is None  # the start itself: nothing to change
+    assert starts.near("u", text, at[12], 200) == at[10]  # two lines below: stick to it
+    assert starts.near("u", text, at[30], 200) is None  # too far below
+    assert starts.near("u", text, at[8], 200) is None  # only starts above are taken
+    assert starts.near("other", text, at[12], 200) is None
+    # Lines added above move the start's offset; its text still finds it.
+    moved = "".join(f"new_{i}()\n" for i in range(5)) + text
+    shift = len(moved) - len(text)
+    assert starts.near("u", moved, at[12] + shift, 200) == at[10] + shift
+    starts.forget("u")
+    assert starts.near("u", text, at[12], 200) is None
