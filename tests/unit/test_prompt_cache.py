@@ -127,10 +127,8 @@ def test_forget_empties_the_cache_but_keeps_the_speed() -> None:
     assert view.tokens_per_s == speed
 
 
-async def test_warmer_runs_steps_only_in_pauses_and_stops_when_done() -> None:
-    done: list[float] = []
-    work = [3]
-    busy = [False]
+def _steps(work: list[int], done: list[float]):
+    """A warm-up step that does ``work[0]`` more units, logging when each ran."""
     loop = asyncio.get_running_loop()
 
     async def step() -> bool:
@@ -140,6 +138,15 @@ async def test_warmer_runs_steps_only_in_pauses_and_stops_when_done() -> None:
         done.append(loop.time())
         return True
 
+    return step
+
+
+async def test_warmer_runs_steps_only_in_pauses_and_stops_when_done() -> None:
+    done: list[float] = []
+    work = [3]
+    busy = [False]
+    loop = asyncio.get_running_loop()
+    step = _steps(work, done)
     w = Warmer(step, engine_idle=lambda: not busy[0], idle_s=0.05)
     w.poke()
     t0 = loop.time()
@@ -167,16 +174,7 @@ async def test_warmer_runs_steps_only_in_pauses_and_stops_when_done() -> None:
 async def test_an_urgent_poke_runs_the_next_step_without_waiting_for_a_pause() -> None:
     loop = asyncio.get_running_loop()
     done: list[float] = []
-    work = [2]
-
-    async def step() -> bool:
-        if work[0] == 0:
-            return False
-        work[0] -= 1
-        done.append(loop.time())
-        return True
-
-    w = Warmer(step, engine_idle=lambda: True, idle_s=5.0)
+    w = Warmer(_steps([2], done), engine_idle=lambda: True, idle_s=5.0)
     t0 = loop.time()
     w.poke(now=True)
     for _ in range(100):
