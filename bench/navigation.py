@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 from lsprotocol import types
 from pytest_lsp import LanguageClient, client_capabilities
 
-from bench.common import STDLIB, percentile, write_section
+from bench.common import STDLIB, cpu_description, percentile, write_section
 from tests.harness import server_env
 
 START, END = "<!-- navigation:start -->", "<!-- navigation:end -->"
@@ -335,7 +335,8 @@ def render(results: dict[str, RunResult], places: dict[Path, list[int]], load: s
         START,
         "## Navigation: moving around real files with the local engine",
         "",
-        (f"Measured {datetime.now(UTC):%Y-%m-%d} on {platform.machine()}, {os.cpu_count()} cores "
+        (f"Measured {datetime.now(UTC):%Y-%m-%d} on {platform.machine()} ({cpu_description()}), "
+         f"{os.cpu_count()} cores "
         f"({load}), bundled Qwen2.5-Coder-0.5B Q4_K_M, default settings unless the run says "
         f"otherwise. Files: {files}; {n_places} places, each: jump, Enter, 3 typed characters, "
         "Tab and the next suggestion; then every place again. "
