@@ -67,7 +67,7 @@ TYPING_BURST_S = 1.0
 TRIGGER_CHARACTERS = [".", "(", "[", "{", ",", ":", "=", " ", "\n", "\t", ">", '"', "'"]
 _WORD_TAIL = re.compile(r"\w+$")
 # One pre-fill chunk: what a real request may have to wait for behind it.
-PREFILL_CHUNK_S = 0.5
+PREFILL_CHUNK_S = 0.3
 # The local engine's windows get other files' snippets from this budget up.
 CROSS_FILE_MIN_TOKENS = 1024
 # Start-up measurement of the local engine's prompt speed, when no file is open yet.
@@ -588,11 +588,15 @@ class QwenServer(LanguageServer):
         await self.engine.complete(ctx, prefetch=True)
 
     def _next_prefill(self) -> str | None:
-        """The next chunk of prompt to pre-fill at the user's place, smallest window first.
+        """The next chunk of prompt to pre-fill at the user's place.
 
-        The whole prompt at the place is pre-filled: the code typed in the
-        cursor's block goes after ``<|fim_middle|>`` (see context.py), so what
-        the user types there, and Enter, only append to it.
+        The windows larger than the largest one the engine has ready there,
+        smallest first: a revisit or a pause in typing grows the window it
+        already has instead of computing a smaller one that no request would
+        take (a request takes the largest ready window). The whole prompt at
+        the place is pre-filled: the code typed in the cursor's block goes
+        after ``<|fim_middle|>`` (see context.py), so what the user types
+        there, and Enter, only append to it.
         """
         if self.place is None or self.engine is None or self.engine.view is None:
             return None
@@ -607,19 +611,23 @@ class QwenServer(LanguageServer):
         view = self.engine.view
         snippets = self._snippets(doc, offset)
         chunk_chars = int(max(16, view.budget_tokens(PREFILL_CHUNK_S)) * CHARS_PER_TOKEN)
-        for budget in reversed(candidate_budgets(s.context_tokens)):
+        todo: list[tuple[CompletionContext, str, int]] = []
+        for budget in candidate_budgets(s.context_tokens):  # largest first
             ctx = self._context(doc, doc.text, offset, snippets, manual=False, tokens=budget)
             prompt = fim_prompt(ctx)
-            cost = view.cost(prompt)
-            if len(prompt) - cost.cached_chars < 2 * CHARS_PER_TOKEN:
-                continue  # this window is ready
-            self._sent(uri, doc.text, ctx)
-            end = cost.cached_chars + chunk_chars
-            if end >= len(prompt):
-                return prompt
-            nl = prompt.find("\n", end)
-            return prompt if nl < 0 else prompt[: nl + 1]
-        return None
+            cached = view.cost(prompt).cached_chars
+            if len(prompt) - cached < 2 * CHARS_PER_TOKEN:
+                break  # ready: smaller windows are not needed here
+            todo.append((ctx, prompt, cached))
+        if not todo:
+            return None
+        ctx, prompt, cached = todo[-1]
+        self._sent(uri, doc.text, ctx)
+        end = cached + chunk_chars
+        if end >= len(prompt):
+            return prompt
+        nl = prompt.find("\n", end)
+        return prompt if nl < 0 else prompt[: nl + 1]
 
     def _file_info(self, uri: str) -> tuple[str, bool]:
         """(path shown to the model, excluded?) per URI, computed once per settings."""
