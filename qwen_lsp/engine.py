@@ -327,7 +327,7 @@ class Engine:
             # is prompt processing (plus the engine saving its state).
             self.view.record(prompt, text, completed=ended,
                              first_token_s=(first or self._clock()) - sent_at if ended else None,
-                             cost=cost)
+                             cost=cost, answered=False)
         return ended
 
     # -- internals ---------------------------------------------------------------

@@ -73,6 +73,8 @@ class Cost:
     cached_tokens: int
     source: str  # "kv", "saved" or "none": where the reused prefix would come from
     cached_chars: int = 0
+    # The reused prefix comes from a request's answer (not only a warm-up pre-fill).
+    answered: bool = False
 
     @property
     def new_tokens(self) -> int:
@@ -92,6 +94,8 @@ class EngineView:
         self.logits_rows = logits_rows
         self.max_states = max_states
         self.kv = ""  # the sequence in the live KV cache: last prompt + what it generated
+        self.kv_answered = False  # ... left there by a request (not a pre-fill)
+        self._answered: set[str] = set()  # saved states left by requests
         self._saved: OrderedDict[str, int] = OrderedDict()  # text -> estimated bytes
         self.tokens_per_s = DEFAULT_TOKENS_PER_S
         self.measured = False
@@ -103,17 +107,17 @@ class EngineView:
     # -- questions -------------------------------------------------------------
     def cost(self, prompt: str) -> Cost:
         kv = common_prefix_len(prompt, self.kv)
-        best, source = kv, "kv" if kv else "none"
+        best, source, answered = kv, "kv" if kv else "none", self.kv_answered
         head = prompt[:64]
         for text in self._saved:
             if not text.startswith(head[: min(len(head), len(text))]):
                 continue
             n = common_prefix_len(prompt, text)
             if n > best:
-                best, source = n, "saved"
+                best, source, answered = n, "saved", text in self._answered
         # A partial token at the seam is recomputed: count whole tokens only.
         cached = int(best / CHARS_PER_TOKEN)
-        return Cost(estimate_tokens(prompt), cached, source, best)
+        return Cost(estimate_tokens(prompt), cached, source, best, answered and best > 0)
 
     def seconds(self, new_tokens: int) -> float:
         return new_tokens / max(1.0, self.tokens_per_s)
@@ -132,12 +136,14 @@ class EngineView:
 
     # -- what happened -----------------------------------------------------------
     def record(self, prompt: str, output: str, *, completed: bool,
-               first_token_s: float | None, cost: Cost | None = None) -> None:
+               first_token_s: float | None, cost: Cost | None = None,
+               answered: bool = True) -> None:
         """A request ran: update the KV copy, the saved states and the throughput.
 
         ``completed``: the stream ended by itself, so the engine saved its state
         (it does not when the client closes the stream early).
         ``cost``: what :meth:`cost` said before it was sent (for the throughput).
+        ``answered``: a completion request (False: a warm-up pre-fill).
         """
         cost = cost or self.cost(prompt)
         if cost.source == "saved":
@@ -146,8 +152,9 @@ class EngineView:
         self.reused_tokens += cost.cached_tokens
         self.computed_tokens += cost.new_tokens
         self.kv = prompt + output
+        self.kv_answered = answered
         if completed:
-            self._save(self.kv)
+            self._save(self.kv, answered)
         if first_token_s is not None and cost.new_tokens >= MIN_SAMPLE_TOKENS:
             busy = max(0.01, first_token_s - REQUEST_OVERHEAD_S)
             self.observe(cost.new_tokens, busy)
@@ -174,22 +181,27 @@ class EngineView:
     def forget(self) -> None:
         """The engine restarted: nothing is cached any more (speed is kept)."""
         self.kv = ""
+        self.kv_answered = False
         self._saved.clear()
+        self._answered.clear()
 
     def state_bytes(self, text: str) -> int:
         tokens = estimate_tokens(text)
         return tokens * STATE_BYTES_PER_TOKEN + min(tokens, self.logits_rows) * LOGITS_ROW_BYTES
 
-    def _save(self, text: str) -> None:
+    def _save(self, text: str, answered: bool = True) -> None:
         # As the engine's cache does (local_child): states that the new one
         # extends are dropped.
         for old in [t for t in self._saved if text.startswith(t)]:
             del self._saved[old]
+            self._answered.discard(old)
         self._saved[text] = self.state_bytes(text)
+        if answered:
+            self._answered.add(text)
         while self._saved and (
             sum(self._saved.values()) > self.capacity_bytes or len(self._saved) > self.max_states
         ):
-            self._saved.popitem(last=False)
+            self._answered.discard(self._saved.popitem(last=False)[0])
 
     def _touch(self, prompt: str) -> None:
         """The engine restores the saved state with the longest common prefix and
@@ -221,6 +233,9 @@ TARGET_PROMPT_S = 1.0
 # At a place the engine has already computed (typing, Tab, a revisit, after the
 # warm-up) an answer should need no more than this much.
 QUICK_PROMPT_S = 0.15
+# A window only the warm-up has filled gives way to one more than this many
+# times larger that fits the first-answer budget.
+GROWTH_WORTH_PAYING = 2
 # Smallest window offered (a few lines around the cursor).
 MIN_CONTEXT_TOKENS = 96
 
@@ -236,20 +251,27 @@ def candidate_budgets(full_tokens: int) -> list[int]:
     return out
 
 
-def pick_budget(new_tokens: Sequence[int], *, quick: int, limit: int) -> int:
-    """Index of the window to send, given the prompt tokens each would cost the
-    engine (largest window first).
+def pick_budget(budgets: Sequence[int], costs: Sequence[Cost], *, quick: int,
+                limit: int) -> int:
+    """Index of the window to send, ``budgets`` largest first with what each
+    prompt would cost the engine.
 
-    The largest window that is (nearly) computed already, when there is one:
-    typing, Tab, a revisit and a place the warm-up has filled are answered
-    without waiting for more context; the warm-up grows the window there while
-    the user pauses. With nothing computed (a new place), the largest window
-    whose prompt fits ``limit`` new tokens; with nothing fitting, the smallest.
+    A window a request at this place was answered with, and that is (nearly)
+    computed still, is sent as it is: typing, Tab and revisits are answered
+    without waiting for more context, and the warm-up grows it while the user
+    pauses. A window only the warm-up has filled is sent unless one more than
+    GROWTH_WORTH_PAYING times its size fits ``limit`` new tokens (the first
+    request after a short pause at a new place gets the context a second buys).
+    With nothing computed, the largest window whose prompt fits ``limit``;
+    with nothing fitting, the smallest.
     """
-    ready = next((i for i, n in enumerate(new_tokens) if n <= quick), None)
-    if ready is not None:
+    fits = next((i for i, c in enumerate(costs) if c.new_tokens <= limit), len(costs) - 1)
+    ready = next((i for i, c in enumerate(costs) if c.new_tokens <= quick), None)
+    if ready is None:
+        return fits
+    if costs[ready].answered or budgets[fits] <= GROWTH_WORTH_PAYING * budgets[ready]:
         return ready
-    return next((i for i, n in enumerate(new_tokens) if n <= limit), len(new_tokens) - 1)
+    return fits
 
 
 def fit_context(build: Callable[[int], CompletionContext], view: EngineView,
@@ -259,11 +281,11 @@ def fit_context(build: Callable[[int], CompletionContext], view: EngineView,
     the engine has computed and how fast it computes the rest."""
     budgets = candidate_budgets(full_tokens)
     contexts = [build(b) for b in budgets]
-    new = [view.cost(fim_prompt(c)).new_tokens for c in contexts]
+    costs = [view.cost(fim_prompt(c)) for c in contexts]
     # The quick limit never falls below a few tokens: typing a key or Enter
     # adds one or two, and a slow estimate must not turn them into a recompute.
     quick = max(8, view.budget_tokens(quick_seconds))
-    return contexts[pick_budget(new, quick=quick, limit=view.budget_tokens(seconds))]
+    return contexts[pick_budget(budgets, costs, quick=quick, limit=view.budget_tokens(seconds))]
 
 
 class WindowStarts:

@@ -13,6 +13,7 @@ from qwen_lsp.prompt_cache import (
     LOGITS_ROW_BYTES,
     MIN_CONTEXT_TOKENS,
     STATE_BYTES_PER_TOKEN,
+    Cost,
     EngineView,
     candidate_budgets,
     common_prefix_len,
@@ -84,20 +85,40 @@ def test_throughput_is_measured_from_requests_with_enough_new_tokens() -> None:
 BUDGETS = [1536, 768, 384, 192, 96]
 
 
-@pytest.mark.parametrize(("new_tokens", "expected", "case"), [
+def _costs(new_tokens: list[int], answered: bool) -> list[Cost]:
+    return [Cost(n + 10, 10, "saved", 38, answered) for n in new_tokens]
+
+
+@pytest.mark.parametrize(("new_tokens", "answered", "expected", "case"), [
     # Nothing computed: the largest window that fits the limit (200 tokens).
-    ([1536, 768, 384, 192, 96], 192, "new place"),
-    ([1536, 768, 384, 300, 250], 96, "nothing fits: the smallest"),
-    # A window computed before is taken, although a larger one would fit the
-    # limit: the answer comes without waiting, and the warm-up grows it later.
-    ([1536, 768, 150, 3, 2], 192, "revisit"),
-    ([1536, 768, 384, 2, 1], 192, "typing"),
-    ([1536, 5, 4, 3, 2], 768, "warmed up far"),
+    ([1536, 768, 384, 192, 96], False, 192, "new place"),
+    ([1536, 768, 384, 300, 250], False, 96, "nothing fits: the smallest"),
+    # A window a request was answered with is kept, although a larger one
+    # would fit the limit: the answer comes without waiting.
+    ([1536, 768, 150, 3, 2], True, 192, "revisit"),
+    ([1536, 768, 180, 190, 4], True, 96, "typing"),
+    # A window only the warm-up filled gives way to one more than twice as
+    # large that fits; not to one only twice as large.
+    ([1536, 768, 180, 190, 4], False, 384, "first answer after a short warm-up"),
+    ([1536, 768, 384, 150, 3], False, 96, "growth of two is not worth a second"),
+    ([1536, 5, 4, 3, 2], False, 768, "warmed up far"),
 ])
 def test_pick_budget_takes_what_is_computed_else_what_fits(
-    new_tokens: list[int], expected: int, case: str
+    new_tokens: list[int], answered: bool, expected: int, case: str
 ) -> None:
-    assert BUDGETS[pick_budget(new_tokens, quick=20, limit=200)] == expected, case
+    i = pick_budget(BUDGETS, _costs(new_tokens, answered), quick=20, limit=200)
+    assert BUDGETS[i] == expected, case
+
+
+def test_cost_says_whether_a_request_left_the_cached_prefix() -> None:
+    view = EngineView(1 << 30)
+    view.record("p" * 400, "", completed=True, first_token_s=None, answered=False)
+    assert not view.cost("p" * 420).answered  # only the warm-up computed it
+    view.record("q" * 400, "x", completed=True, first_token_s=None)
+    assert view.cost("q" * 400 + "x").answered  # a request did, still in the KV cache
+    view.record("r" * 400, "", completed=True, first_token_s=None, answered=False)
+    assert view.cost("q" * 400 + "x").answered  # and among the saved states
+    assert not view.cost("p" * 420).answered
 
 
 def test_a_sample_far_above_the_speed_moves_it_only_a_little() -> None:
