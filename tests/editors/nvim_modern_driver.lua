@@ -2,7 +2,8 @@
 -- and records the buffer as JSON.
 --
 -- Setup is exactly what editors/README.md says: editors/nvim on the runtime
--- path and require('qwen_lsp').setup({ cmd = ... }); nothing else is
+-- path and require('qwen_lsp').setup({ cmd = ... }) (with menu_autotrigger for
+-- the autotrigger runs); nothing else is
 -- configured (except 'completeopt' when QWEN_TEST_COMPLETEOPT is set). The
 -- file comes from the command line. Then, at the end of QWEN_TEST_LINE:
 --
@@ -47,7 +48,11 @@ end
 
 -- The README's setup, nothing more.
 vim.opt.runtimepath:append(env('QWEN_TEST_RTP'))
-require('qwen_lsp').setup({ cmd = vim.fn.json_decode(env('QWEN_TEST_CMD')) })
+require('qwen_lsp').setup({
+  cmd = vim.fn.json_decode(env('QWEN_TEST_CMD')),
+  -- The autotrigger runs ask for the menu by itself, beside the ghost text.
+  menu_autotrigger = os.getenv('QWEN_TEST_TRIGGER') == 'auto' or nil,
+})
 
 -- Registered after setup(), so it runs after the project's LspAttach handler.
 local attached = false

@@ -374,6 +374,29 @@ def test_tab_after_typing_along_the_ghost_text_does_not_repeat_the_keys(
         assert state["cursor"] == [case.line + 1, len((line + case.reply).encode())], state
 
 
+def test_typing_along_the_ghost_text_at_human_speed_leaves_only_the_keys(
+    nvim: Path, tmp_path: Path
+) -> None:
+    """Keys typed one by one (120 ms apart, "." among them) along the ghost text:
+    the line holds what was typed and nothing else, and Tab then gives the
+    suggested line. With the menu's autotrigger on beside the ghost text, the
+    "." asked for a completion item, and Neovim's default 'completeopt' put the
+    single item straight into the line: "name.title()t" after typing "name.t"."""
+    case = CASES[0]
+    line = case.before.split("\n")[case.line]
+    with FakeUpstream(answer_at(case)) as fake, \
+            terminal(nvim, tmp_path, fake, case.before) as term:
+        wait_for_ghost(term, case)
+        for ch in "name.t":
+            term.type(ch)
+            time.sleep(0.12)
+        term.wait("the typed keys", lambda: term.state()["lines"][case.line].endswith(".t"))
+        time.sleep(1.0)  # Neovim asks again; the server answers from what it showed
+        assert term.state()["lines"][case.line] == line + "name.t"
+        term.keys("Tab")
+        term.wait("the accepted text", lambda: term.state()["lines"] == after_lines(case))
+
+
 # One line for the next line: with no menu (a single item, Neovim's default
 # 'completeopt') <C-y> also acts as i_CTRL-Y, which would add the character
 # above the cursor ("é") after the item.

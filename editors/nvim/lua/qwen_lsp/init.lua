@@ -29,6 +29,12 @@ local defaults = {
   -- menu follow your typing; leave empty to complete only on <C-x><C-o>
   -- or vim.lsp.completion.get().
   extra_trigger_characters = {},
+  -- Open the completion menu by itself after those characters (0.11+). nil:
+  -- only where there is no ghost text (0.11, or inline = false). With ghost
+  -- text the menu would compete with it, and with Neovim's default
+  -- 'completeopt' (menu,popup) a single item goes straight into the line:
+  -- typing "name." put the whole suggestion there while one typed on.
+  menu_autotrigger = nil,
   inline = true, -- 0.12+: ghost text through vim.lsp.inline_completion
   keys = {
     accept = '<Tab>', -- 0.12+: accept the ghost text (falls back to a Tab)
@@ -305,13 +311,17 @@ end
 local function on_attach_modern(client, bufnr, opts)
   report_cursor(client, bufnr)
   local triggers = client.server_capabilities.completionProvider
-  if triggers and #opts.extra_trigger_characters > 0 then
+  if triggers and #opts.extra_trigger_characters > 0 and opts.menu_autotrigger ~= false then
     triggers.triggerCharacters = vim.list_extend(
       vim.deepcopy(triggers.triggerCharacters or {}),
       opts.extra_trigger_characters
     )
   end
-  vim.lsp.completion.enable(true, client.id, bufnr, { autotrigger = true })
+  local autotrigger = opts.menu_autotrigger
+  if autotrigger == nil then
+    autotrigger = not (opts.inline and vim.lsp.inline_completion)
+  end
+  vim.lsp.completion.enable(true, client.id, bufnr, { autotrigger = autotrigger })
   -- With a single item and no 'menuone' (Neovim's default 'completeopt')
   -- there is no menu: the item is already in the line, and <C-y> applies it,
   -- leaves completion and then goes on as i_CTRL-Y, inserting the character
