@@ -502,8 +502,10 @@ class QwenServer(LanguageServer):
 
     def _context(self, doc: Document, text: str, offset: int, snippets: tuple[Snippet, ...],
                  *, manual: bool, tokens: int | None = None) -> CompletionContext:
-        """The completion context at ``offset``; for the local engine, the largest
-        window whose uncached part fits about a second of prompt processing."""
+        """The completion context at ``offset``; for the local engine, the window
+        :func:`~qwen_lsp.prompt_cache.pick_budget` chooses from what the engine has
+        computed (``tokens``: that budget's window), starting where an earlier
+        window started when that is only a little above its own start."""
         s = self.settings
         rel, _ = self._file_info(doc.uri)
         view = self.engine.view if self.engine is not None else None
