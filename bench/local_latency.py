@@ -5,6 +5,10 @@ Rows:
   verifies the 491 MB model, starts llama.cpp's server, completes).
 * CLI, warm cache: the same with the model already assembled (the engine still
   starts per invocation).
+* CLI in six real standard-library modules: at the end of a code line and at
+  column 1 of the next line (the file unchanged); then with that next line
+  taken out, at the end of the line before it and on a blank line opened in its
+  place, scored against the missing line.
 * Editor session: from starting `qwen-lsp` over stdio to the first inline
   completion, then further completions at other positions with the engine up.
 
@@ -56,21 +60,57 @@ REAL_MODULES = ("argparse.py", "tarfile.py", "difflib.py", "typing.py", "colorsy
                 "shlex.py")
 
 
+def _places(lines: list[str]) -> list[int]:
+    """At 30% and 70% of a module: a code line followed by a code line inside a function."""
+    out = []
+    for frac in (0.3, 0.7):
+        i = int(len(lines) * frac)
+        while not (lines[i].strip() and lines[i + 1].startswith("        ")
+                   and lines[i + 1].strip()):
+            i += 1
+        out.append(i)
+    return out
+
+
 def real_file_locations() -> list[str]:
-    """In real modules (100-3,600 lines), at 30% and 70% of each: the end of a code
-    line inside a function, and a blank line opened below it (as after Enter)."""
+    """Positions in the unmodified modules: the end of a code line, and column 1 of the
+    next one. The file is complete there, so "nothing to add" is an honest answer."""
     import sysconfig
 
     out = []
     for name in REAL_MODULES:
         path = Path(sysconfig.get_paths()["stdlib"]) / name
         lines = path.read_text(encoding="utf-8").split("\n")
-        for frac in (0.3, 0.7):
-            i = int(len(lines) * frac)
-            while not (lines[i].strip() and lines[i + 1].startswith("        ")):
-                i += 1
+        for i in _places(lines):
             out.append(f"{path}:{i + 1}:{len(lines[i]) + 1}")  # end of a code line
             out.append(f"{path}:{i + 2}:1")  # the start of the next line
+    return out
+
+
+def writing_locations(workdir: Path) -> list[tuple[str, str]]:
+    """(location, expected line) where a user is about to write a line.
+
+    A copy of each module without the line after a place: asked at the end of
+    the line before it (the next line is offered there), and on a blank line
+    opened in its place with the indentation an editor gives after Enter.
+    """
+    import sysconfig
+
+    out = []
+    for name in REAL_MODULES:
+        lines = (Path(sysconfig.get_paths()["stdlib"]) / name).read_text(
+            encoding="utf-8").split("\n")
+        for k, i in enumerate(_places(lines)):
+            want = lines[i + 1]
+            indent = want[: len(want) - len(want.lstrip())]
+            gone = lines[: i + 1] + lines[i + 2 :]
+            at_end = workdir / f"end{k}_{name}"
+            at_end.write_text("\n".join(gone), encoding="utf-8")
+            out.append((f"{at_end}:{i + 1}:{len(lines[i]) + 1}", want.strip()))
+            opened = workdir / f"enter{k}_{name}"
+            opened.write_text("\n".join(lines[: i + 1] + [indent] + lines[i + 2 :]),
+                              encoding="utf-8")
+            out.append((f"{opened}:{i + 2}:{len(indent) + 1}", want.strip()))
     return out
 
 
@@ -118,6 +158,11 @@ def main() -> None:
     real_runs = [_cli_output(shared_cache, loc) for loc in real_file_locations()]
     real = [t for t, _ in real_runs]
     shown = sum(1 for _, out in real_runs if out.strip())
+    places = writing_locations(Path(tempfile.mkdtemp(prefix="qwen-bench-writing-")))
+    writing_runs = [(_cli_output(shared_cache, loc), want) for loc, want in places]
+    writing = [t for (t, _), _ in writing_runs]
+    w_shown = sum(1 for (_, out), _ in writing_runs if out.strip())
+    w_exact = sum(1 for (_, out), want in writing_runs if out.strip() == want)
     session_first, session_warm = asyncio.run(_session(shared_cache))
     med = statistics.median
     rows = [
@@ -127,8 +172,13 @@ def main() -> None:
          max(warms), len(warms)),
         (("CLI `qwen-lsp complete` in " + "/".join(REAL_MODULES) + " (100-3,600 lines), "
           "four places each, model cached (engine starts per run); "
-          f"a suggestion printed at {shown} of {len(real)}"), med(real), min(real), max(real),
+          f"a suggestion printed at {shown} of {len(real)} (the files are complete there: "
+          "exit 1, nothing to add, is an honest answer)"), med(real), min(real), max(real),
          len(real)),
+        (("CLI `qwen-lsp complete` in the same modules with the next line taken out, at the "
+          "end of the line before it and on the blank line opened in its place; a suggestion "
+          f"printed at {w_shown} of {len(writing)}, the missing line exactly at {w_exact}"),
+         med(writing), min(writing), max(writing), len(writing)),
         ("Editor session: server start to first inline completion", session_first,
          session_first, session_first, 1),
         ("Editor session: later completions, engine warm", med(session_warm), min(session_warm),

@@ -37,6 +37,10 @@ ASSUMED_LINE_CHARS = 40  # for choosing the step from a budget in characters
 SUFFIX_SHARE = 0.12  # text after the cursor is recomputed on every keystroke (PSM order)
 CROSS_FILE_SHARE = 0.3
 MAX_SUFFIX_LINES = 24
+# Small windows still show the model the next lines (a share of a 96-token
+# window would be none at all): what follows the cursor tells the model where
+# its answer ends and what not to repeat. Taken from the prefix's share.
+MIN_SUFFIX_CHARS = 200
 # The code typed in the cursor's block goes after <|fim_middle|> (see
 # build_context), so typing there only appends to the prompt; about one line in
 # MIDDLE_LINES (and every blank line) starts a block.
@@ -445,8 +449,9 @@ def build_context(
     )
     cross_budget = int(total * CROSS_FILE_SHARE) if snippets else 0
     own = total - cross_budget
-    suffix_chars = int(own * SUFFIX_SHARE * CHARS_PER_TOKEN)
-    prefix_chars = int(own * CHARS_PER_TOKEN) - suffix_chars
+    own_chars = int(own * CHARS_PER_TOKEN)
+    suffix_chars = max(int(own_chars * SUFFIX_SHARE), min(MIN_SUFFIX_CHARS, own_chars // 3))
+    prefix_chars = own_chars - suffix_chars
 
     cur_line_len = offset - line_start
     if (window_start is not None and 0 <= window_start <= line_start

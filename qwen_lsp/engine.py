@@ -33,7 +33,7 @@ from qwen_lsp.context_cache import NO_MARKS, CachePlan, ExplicitCache
 from qwen_lsp.health import UpstreamHealth
 from qwen_lsp.postprocess import PostContext, Suggestion, postprocess, stream_should_stop
 from qwen_lsp.pricing import Price
-from qwen_lsp.prompt_cache import EngineView
+from qwen_lsp.prompt_cache import Cost, EngineView
 from qwen_lsp.prompts import PartialBlocks, build_request, fim_prompt, partial_blocks
 from qwen_lsp.providers.base import Provider, TextDelta, UpstreamError, UpstreamRequest, Usage
 from qwen_lsp.ratelimit import TokenBudget
@@ -562,6 +562,9 @@ class Engine:
             # focus) costs no upstream call.
             self.cache.put(*_cache_key(flight.ctx), NOTHING)
         flight.post_time += time.perf_counter() - t
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("flight: %s", _trace(flight, cost, delay, sent_at, first_token,
+                                           self._clock(), suggestion))
         return suggestion
 
     def _request(
@@ -659,3 +662,25 @@ async def _close(stream: Any) -> None:
         return
     with contextlib.suppress(Exception):  # closing must never mask the result
         await aclose()
+
+
+def _trace(flight: _Flight, cost: Cost | None, delay: float, sent_at: float,
+           first_token: float | None, done_at: float, suggestion: Suggestion | None) -> str:
+    """One debug line per flight: the window, what it was expected to cost, what came.
+
+    The place is given by line and column only; the texts are cut short.
+    """
+    ctx = flight.ctx
+    line = ctx.prefix_start_line + ctx.prefix.count("\n")
+    parts = [f"{ctx.path}:{line + 1}:{len(ctx.line_prefix) + 1}",
+             f"prefix {len(ctx.prefix)} suffix {len(ctx.suffix)} chars"]
+    if cost is not None:
+        parts.append(f"prompt ~{cost.prompt_tokens} tok, ~{cost.new_tokens} new "
+                     f"({cost.source}{', answered' if cost.answered else ''})")
+    parts.append(f"debounce {delay:.2f}s")
+    parts.append("first token " + ("-" if first_token is None
+                                   else f"{first_token - sent_at:.2f}s"))
+    parts.append(f"total {done_at - sent_at:.2f}s")
+    parts.append(f"raw {flight.text[:80]!r}")
+    parts.append(f"shown {None if suggestion is None else suggestion.text[:80]!r}")
+    return "; ".join(parts)

@@ -592,16 +592,37 @@ def fit_leading_newline(text: str, ctx: PostContext) -> str:
     return _fit_indent(first, ctx) + sep + "\n".join(moved)
 
 
+def _line_done(ctx: PostContext) -> bool:
+    """The cursor ends a line of code that does not go on on the next line."""
+    code = ctx.line_prefix.rstrip()
+    return bool(code) and not ctx.line_suffix.strip() and not code.endswith(_CONTINUES)
+
+
+def _before_code(ctx: PostContext) -> bool:
+    """The cursor sits in a line's indentation, with the line's code right of it."""
+    return not ctx.line_prefix.strip() and bool(ctx.line_suffix.strip())
+
+
 def trim_single_line(text: str, ctx: PostContext) -> str:
-    """Single-line mode keeps one line (the first non-empty one at a blank cursor line)."""
+    """Single-line mode keeps one line: the first non-empty one at a blank cursor line.
+
+    At the end of a finished line, an answer whose first line is empty offers
+    the next line ("\n" + that line), as it would appear after Enter. Before
+    the code of a line, a line the model ended is kept with its line break: it
+    goes in above that code.
+    """
     if ctx.multiline:
         return text
     lines = text.split("\n")
     if ctx.line_prefix.strip():
-        return lines[0]
+        if lines[0].strip() or not _line_done(ctx):
+            return lines[0]
+        nxt = next((line for line in lines[1:] if line.strip()), "")
+        return "\n" + nxt.rstrip("\r") if nxt else ""
     for i, line in enumerate(lines):
         if line.strip():
-            return line if i == 0 else _fit_indent(line.rstrip("\r"), ctx)
+            kept = line if i == 0 else _fit_indent(line.rstrip("\r"), ctx)
+            return kept + "\n" if _before_code(ctx) and i + 1 < len(lines) else kept
     return ""
 
 
@@ -1047,6 +1068,10 @@ def trim_trailing_whitespace(text: str, ctx: PostContext) -> str:
     """
     lines = [line.rstrip() for line in text.split("\n")]
     trimmed = "\n".join(lines).rstrip()
+    if trimmed.strip() and _before_code(ctx) and text.rstrip(" \t").endswith("\n"):
+        # Lines of their own above the code right of the cursor: the line break
+        # stays, and the code keeps the indentation it had.
+        return trimmed + "\n" + ctx.line_prefix
     rest = ctx.line_suffix
     if "\n" not in trimmed and rest[:1].isidentifier() and text.rstrip("\n") != trimmed:
         return trimmed + text.rstrip("\n")[len(trimmed) :]
@@ -1127,9 +1152,12 @@ def stream_should_stop(text_so_far: str, ctx: PostContext) -> bool:
         return True
     text = fit_leading_newline(text, ctx)
     if not ctx.multiline:
-        if ctx.line_prefix.strip() and text.startswith("\n"):
+        if ctx.line_prefix.strip() and text.lstrip(" \t").startswith("\n") and not (
+                _line_done(ctx)):
             return True  # first line is empty: nothing can survive
-        head, nl, _ = text.lstrip("\r\n").partition("\n")
+        # One line with something on it is kept (the first one, or the next one
+        # after an empty first line): stop once it is complete.
+        head, nl, _ = text.lstrip(" \t\r\n").partition("\n")
         return bool(nl and head.strip())
     last_nl = text.rfind("\n")
     if last_nl > 0:

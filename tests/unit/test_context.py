@@ -56,6 +56,19 @@ def test_prompt_fits_budget_and_cuts_at_line_boundaries(tokens: int, frac: float
     assert len(ctx.prefix) + len(ctx.suffix) > tokens * CHARS_PER_TOKEN * 0.3
 
 
+@pytest.mark.parametrize("tokens", [96, 128, 192])
+def test_a_small_window_still_shows_the_next_lines(tokens: int) -> None:
+    body = "".join(f"    value_{i} = compute_something(value_{i - 1}, factor={i})\n"
+                   for i in range(1, 40))
+    text = "def f(value_0):\n" + body[:len(body) // 2] + "    \n" + body[len(body) // 2:]
+    cursor = text.index("    \n") + 4
+    ctx = ctx_at(text, cursor, context_tokens=tokens)
+    nxt = text[cursor:].split("\n")[1]
+    assert ctx.suffix.startswith("\n" + nxt + "\n")  # the whole next line
+    assert estimate_tokens(ctx.prefix) + estimate_tokens(ctx.suffix) <= tokens
+    assert len(ctx.prefix) > len(ctx.suffix)
+
+
 @pytest.mark.parametrize("tokens", [300, 600, 1200])
 def test_prompt_with_snippets_fits_budget(tokens: int) -> None:
     snippets = [Snippet(f"pkg/m{i}.py", REAL[i * 3000 : i * 3000 + 2500]) for i in range(1, 6)]

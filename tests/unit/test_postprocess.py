@@ -50,6 +50,13 @@ TS_CALL = PostContext("const user = await fetchUser(", ");\n", "typescript", ind
 PY_TABS = PostContext("def f(x):\n\t", "\n", "python", indent_unit="\t")
 
 
+# The end of a finished line; the start of a line of code (single-line mode).
+PY_LINE_END = PostContext("def f(x):\n    y = x * 2", "\n    return y\n", "python",
+                          multiline=False)
+PY_BEFORE_CODE = PostContext("def f(x):\n", "    return x\n", "python", multiline=False)
+PY_IN_INDENT = PostContext("def f(x):\n    ", "return x\n", "python", multiline=False)
+
+
 def ctx_with(base: PostContext, **changes: object) -> PostContext:
     fields = {
         "prefix": base.prefix,
@@ -279,6 +286,13 @@ SINGLE_CASES = [
     ("one-line-untouched", "items.map(f)", ctx_with(TS_CALL, **SINGLE), "items.map(f)"),
     ("multiline-mode-untouched", "a\nb", PY_ADD, "a\nb"),
     ("only-blank-lines", "\n   \n", ctx_with(PY_IF, **SINGLE), ""),
+    ("line-done-offers-next-line", "\n    z = y + 1\n    return z", PY_LINE_END,
+     "\n    z = y + 1"),
+    ("line-done-blank-first-line", " \n\n    z = y + 1\n", PY_LINE_END, "\n    z = y + 1"),
+    ("line-done-nothing-after", "\n\n", PY_LINE_END, ""),
+    ("line-open-no-next-line", "\n    z = 1", PostContext("y = (1 +", "\n", multiline=False), ""),
+    ("before-code-keeps-break", "    y = x\n\n", PY_BEFORE_CODE, "    y = x\n"),
+    ("before-code-inline-insert", "    y = ", PY_BEFORE_CODE, "    y = "),
 ]
 
 
@@ -734,6 +748,12 @@ PIPELINE_CASES = [
         False,
         Suggestion("y += 1"),
     ),
+    ("line-done-next-line", "\n    z = y + 1\n", PY_LINE_END, False, Suggestion("\n    z = y + 1")),
+    ("line-done-next-line-copies-suffix", "\n    return y\n", PY_LINE_END, False, None),
+    ("line-done-first-line-kept", "  # twice x\n", PY_LINE_END, False, Suggestion("  # twice x")),
+    ("before-code-line-above", "    y = x\n\n", PY_BEFORE_CODE, False, Suggestion("    y = x\n")),
+    ("in-indent-line-above", "y = x\n", PY_IN_INDENT, False, Suggestion("y = x\n    ")),
+    ("before-code-copies-the-line", "    return x\n", PY_BEFORE_CODE, False, None),
 ]
 
 
@@ -915,6 +935,9 @@ STREAM_CASES = [
         True,
     ),
     ("single-line-mid-line-empty-first", "\n", PostContext("x = ", "\n", multiline=False), True),
+    ("line-done-empty-first-goes-on", "\n", PY_LINE_END, False),
+    ("line-done-blank-first-goes-on", " \n    z", PY_LINE_END, False),
+    ("line-done-next-line-complete", "\n    z = 1\n", PY_LINE_END, True),
     ("dedent-complete-line", "return a + b\n\nprint(add(3,4))\n", PY_ADD, True),
     ("dedent-partial-line", "return a + b\n\npr", PY_ADD, True),
     ("dedent-maybe-else", "return 1\n    el", PY_IF, False),
