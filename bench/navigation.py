@@ -194,11 +194,16 @@ def _text(res: Any) -> str:
     return str(item.insert_text if isinstance(item.insert_text, str) else item.insert_text.value)
 
 
-async def _start(env: dict[str, str]) -> LanguageClient:
+async def _start(env: dict[str, str], log: Path | None = None) -> LanguageClient:
     from pytest_lsp import ClientServerConfig
 
-    config = ClientServerConfig(server_command=[sys.executable, "-m", "qwen_lsp", "--stdio"],
-                                server_env=env)
+    command = [sys.executable, "-m", "qwen_lsp", "--stdio"]
+    if log is not None:
+        # The server's debug log (one line per completion flight) goes to the file.
+        env = {**env, "QWEN_LSP_LOG_LEVEL": "debug"}
+        command = ["sh", "-c", 'exec "$0" -m qwen_lsp --stdio 2>>"$1"', sys.executable,
+                   str(log)]
+    config = ClientServerConfig(server_command=command, server_env=env)
     client = await config.start()
     await client.initialize_session(types.InitializeParams(
         capabilities=client_capabilities("visual-studio-code@v1.65.2"),
@@ -219,11 +224,17 @@ async def _wait_engine(client: LanguageClient) -> None:
     raise SystemExit("local engine did not start")
 
 
-async def run_once(name: str, places: dict[Path, list[int]]) -> RunResult:
+async def run_once(name: str, places: dict[Path, list[int]],
+                   log: Path | None = None) -> RunResult:
     env = server_env(Path(tempfile.mkdtemp(prefix="qwen-nav-")), **RUNS[name])
-    client = await _start(env)
+    client = await _start(env, log)
     out = RunResult()
     s = Session(client)
+
+    def phase(what: str) -> None:
+        if log is not None:
+            with log.open("a", encoding="utf-8") as f:
+                f.write(f"== {name}: {what}\n")
     visited: list[tuple[Doc, int, int]] = []  # marks: the start of the line we left
     try:
         await _wait_engine(client)
@@ -240,11 +251,13 @@ async def run_once(name: str, places: dict[Path, list[int]]) -> RunResult:
                 pos = s.where(mark)
                 s.cursor(doc, pos)
                 await asyncio.sleep(LOOK_S)
+                phase(f"first after a jump, {path.name}")
                 indent = _indent(true_next)
                 s.insert(doc, pos, "\n" + indent)
                 pos += 1 + len(indent)
                 latency, shown = await s.timed(doc, pos)
                 out.first.append(latency)
+                phase(f"answered in {latency:.2f}s: {shown[:60]!r}")
                 out.asked += 1
                 first_line = shown.split("\n", 1)[0].strip()
                 if first_line:
@@ -254,6 +267,7 @@ async def run_once(name: str, places: dict[Path, list[int]]) -> RunResult:
                 # Continued typing: the first 3 characters of the true line.
                 pending: asyncio.Future[Any] | None = None
                 typed_t = 0.0
+                phase("typing")
                 for ch in true_next.strip()[:3]:
                     # The newer request supersedes the older one in the server,
                     # which answers it empty (VS Code would also cancel it).
@@ -267,13 +281,16 @@ async def run_once(name: str, places: dict[Path, list[int]]) -> RunResult:
                     with contextlib.suppress(Exception):
                         shown = _text(await pending)
                     out.typing.append(time.perf_counter() - typed_t)
+                    phase(f"answered in {out.typing[-1]:.2f}s: {shown[:60]!r}")
                 if shown:
                     # Tab: accept the suggestion, then take the next one.
                     s.insert(doc, pos, shown)
                     pos += len(shown)
                     await asyncio.sleep(0.3)  # the user reads what was inserted
-                    latency, _ = await s.timed(doc, pos)
+                    phase("tab")
+                    latency, tab_shown = await s.timed(doc, pos)
                     out.tab.append(latency)
+                    phase(f"answered in {latency:.2f}s: {tab_shown[:60]!r}")
                 visited.append(s.mark(doc, doc.text.rfind("\n", 0, pos) + 1))
         # Revisits: back to every place, Enter at the end of the line we left there.
         prev: Doc | None = visited[-1][0] if visited else None
@@ -284,10 +301,12 @@ async def run_once(name: str, places: dict[Path, list[int]]) -> RunResult:
             end = len(doc.text) if nl < 0 else nl
             s.cursor(doc, end)
             await asyncio.sleep(0.5)
+            phase("revisit" if doc is prev else "file switch")
             indent = _indent(doc.text[line_start:end])
             s.insert(doc, end, "\n" + indent)
-            latency, _ = await s.timed(doc, end + 1 + len(indent))
+            latency, again = await s.timed(doc, end + 1 + len(indent))
             (out.switch if doc is not prev else out.revisit).append(latency)
+            phase(f"answered in {latency:.2f}s: {again[:60]!r}")
             prev = doc
         out.stats = await client.workspace_execute_command_async(
             types.ExecuteCommandParams(command="qwen.stats"))
@@ -381,6 +400,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--files", default=None, help="comma-separated paths (default: 3 real files)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--server-log", type=Path, default=None,
+                    help="append the server's debug log (one line per completion flight) "
+                         "and the phases of the run to this file")
     args = ap.parse_args(argv)
     files = [Path(f) for f in args.files.split(",")] if args.files else FILES
     for f in files:
@@ -392,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, RunResult] = {}
     for name in args.runs.split(","):
         t = time.perf_counter()
-        results[name] = asyncio.run(run_once(name, places))
+        results[name] = asyncio.run(run_once(name, places, args.server_log))
         r = results[name]
         print(f"{name}: {time.perf_counter() - t:.0f} s, first p50 {_p(r.first, 0.5)}, "
               f"answered {r.answered}/{r.asked}, exact {r.exact}", file=sys.stderr)

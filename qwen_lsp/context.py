@@ -461,8 +461,12 @@ def build_context(
         # One enormous line (minified code): no line boundary is in reach.
         start, start_line_idx = offset - prefix_chars, text.count("\n", 0, line_start)
     else:
-        start, _walked = _prefix_window(text, line_start, prefix_chars - cur_line_len)
-        start, start_line_idx = _anchor(text, start, line_start, anchor_step(prefix_chars))
+        fitted, _walked = _prefix_window(text, line_start, prefix_chars - cur_line_len)
+        start, start_line_idx = _anchor(text, fitted, line_start, anchor_step(prefix_chars))
+        if offset - start < (offset - fitted) // 2:
+            # A window of a few long lines: anchoring would leave the model
+            # (almost) nothing before the cursor. The window's own start then.
+            start, start_line_idx = fitted, text.count("\n", 0, fitted)
     prefix = text[start:offset]
     suffix = text[offset : _suffix_end(text, offset, line_end, suffix_chars)]
 

@@ -54,6 +54,9 @@ EARLY_ANSWER_S = 0.4
 # Local engine: a prompt with at most this many tokens left to compute is sent
 # after the shortest debounce.
 QUICK_NEW_TOKENS = 24
+# A request that comes this long after the previous one in its document ends
+# a pause (a jump, Enter after reading, a revisit), not a keystroke in a burst.
+PAUSE_S = 0.5
 
 
 @dataclass
@@ -120,6 +123,7 @@ class _Flight:
 class _DocState:
     last_request: float | None = None
     gaps: deque[float] = field(default_factory=lambda: deque(maxlen=20))
+    after_pause: bool = True  # the latest request came after a pause
     flight: _Flight | None = None
 
 
@@ -212,6 +216,7 @@ class Engine:
                 gap = started - state.last_request
                 if gap < 1.0:
                     state.gaps.append(gap)
+                state.after_pause = gap >= PAUSE_S
             state.last_request = started
 
         hit = self.cache.get(*_cache_key(ctx))
@@ -367,6 +372,12 @@ class Engine:
             # The local engine has this prompt all but computed (typing appends
             # to it): a request that the next key supersedes costs a few
             # tokens and no money, so there is no pause to wait for.
+            return lo
+        if self.view is not None and state.after_pause:
+            # The local engine, after a pause: a key that follows soon makes a
+            # request that extends this prompt (typing appends to it, see
+            # build_context), so what this one computes is reused, and waiting
+            # for more keys would only add to the answer's latency.
             return lo
         if not state.gaps:
             return lo  # no typing burst seen: the user has paused

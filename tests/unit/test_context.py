@@ -69,6 +69,18 @@ def test_a_small_window_still_shows_the_next_lines(tokens: int) -> None:
     assert len(ctx.prefix) > len(ctx.suffix)
 
 
+@pytest.mark.parametrize("line", range(20, 28))
+def test_anchoring_never_takes_most_of_a_small_window(line: int) -> None:
+    rows = [f"        this.registerFeature(new feature_{i}.SomeLongFeatureName(this, {i}));"
+            for i in range(40)]
+    text = "\n".join(rows[:line] + ["        "] + rows[line:])
+    cursor = sum(len(r) + 1 for r in rows[:line]) + 8
+    ctx = ctx_at(text, cursor, context_tokens=96)
+    # Room for two of these lines: at least one of them stays, not the cursor line only.
+    assert ctx.prefix.count("\n") >= 1
+    assert estimate_tokens(ctx.prefix) + estimate_tokens(ctx.suffix) <= 96
+
+
 @pytest.mark.parametrize("tokens", [300, 600, 1200])
 def test_prompt_with_snippets_fits_budget(tokens: int) -> None:
     snippets = [Snippet(f"pkg/m{i}.py", REAL[i * 3000 : i * 3000 + 2500]) for i in range(1, 6)]
