@@ -240,7 +240,7 @@ async def _complete(location: str, language: str | None) -> int:
                      temperature=settings.temperature, stop=tuple(settings.stop),
                      timeout_ms=settings.time_box_ms(),
                      extra_body=backend.extra_body(), early_answers=False,
-                     partial_on_timeout=False),
+                     partial_on_timeout=False, next_line=settings.upstream_is_local()),
         backend.provider,
         on_error=errors.append,
     )

@@ -37,6 +37,9 @@ ASSUMED_LINE_CHARS = 40  # for choosing the step from a budget in characters
 SUFFIX_SHARE = 0.12  # text after the cursor is recomputed on every keystroke (PSM order)
 CROSS_FILE_SHARE = 0.3
 MAX_SUFFIX_LINES = 24
+# A line ending like this continues on the next one, at any indentation.
+LINE_CONTINUES = ("\\", "=>", "->", "=", "+", "-", "*", "/", "%", "&&", "||", "?", ".", "|",
+                  "&", "^", "<", ">", "(", "[", ",")
 # Small windows still show the model the next lines (a share of a 96-token
 # window would be none at all): what follows the cursor tells the model where
 # its answer ends and what not to repeat. Taken from the prefix's share.
@@ -115,6 +118,13 @@ class CompletionContext:
     @property
     def blank_line(self) -> bool:
         return not self.line_prefix.strip() and not self.line_suffix.strip()
+
+
+def ends_finished_line(line_prefix: str, line_suffix: str) -> bool:
+    """The cursor ends a line of code that does not go on on the next line
+    (the next line may be offered there)."""
+    code = line_prefix.rstrip()
+    return bool(code) and not line_suffix.strip() and not code.endswith(LINE_CONTINUES)
 
 
 def detect_indent_unit(text: str) -> str:
@@ -266,6 +276,38 @@ def skip_reason(ctx: CompletionContext, *, untitled: bool) -> str | None:
     if len(meaningful) > MAX_REST_CHARS:
         return "text right of the cursor"
     return None
+
+
+_TRIPLE_QUOTE = re.compile(r'"""|\'\'\'')
+_TRIPLE_QUOTE_LANGS = frozenset({"python", "kotlin", "scala", "swift"})
+
+
+def _open_triple_quote(text: str, pos: int) -> str | None:
+    """The triple quote whose string ``pos`` lies in, or None (quotes in
+    comments or ordinary strings are not told apart: rare, and only a window
+    start depends on it)."""
+    open_quote = None
+    for m in _TRIPLE_QUOTE.finditer(text, 0, pos):
+        if open_quote is None:
+            open_quote = m.group()
+        elif m.group() == open_quote:
+            open_quote = None
+    return open_quote
+
+
+def _after_string(text: str, start: int, line_start: int, language: str) -> int:
+    """``start``, or the line after the end of the triple-quoted string it lies
+    in when that ends above the cursor line: a window that opens inside a
+    docstring shows the model, and the post-processing's reading of the code,
+    the string's end as the start of one."""
+    if start == 0 or language.lower() not in _TRIPLE_QUOTE_LANGS:
+        return start
+    quote = _open_triple_quote(text, start)
+    if quote is None:
+        return start
+    close = text.find(quote, start)
+    after = text.find("\n", close) + 1 if close >= 0 else 0
+    return after if 0 < after <= line_start else start
 
 
 def _prefix_window(text: str, line_start: int, budget_chars: int) -> tuple[int, int]:
@@ -467,6 +509,9 @@ def build_context(
             # A window of a few long lines: anchoring would leave the model
             # (almost) nothing before the cursor. The window's own start then.
             start, start_line_idx = fitted, text.count("\n", 0, fitted)
+        moved = _after_string(text, start, line_start, language)
+        if moved != start:
+            start, start_line_idx = moved, text.count("\n", 0, moved)
     prefix = text[start:offset]
     suffix = text[offset : _suffix_end(text, offset, line_end, suffix_chars)]
 

@@ -82,6 +82,11 @@ class EngineConfig:
     context_cache: str = "implicit"
     price: Price | None = None  # for the cost estimate in the stats
     max_tokens_per_minute: int | None = None
+    # Offer the next line at the end of a finished line: the request there does
+    # not stop at the line break, and the stream is closed after the next line
+    # instead. Worth it where a new connection costs nothing (an upstream on this
+    # machine); a remote one keeps its stop, and its connection.
+    next_line: bool = False
 
 
 @dataclass
@@ -591,6 +596,7 @@ class Engine:
             extra_body=cfg.extra_body,
             blocks=blocks,
             marks=plan.marks,
+            next_line=cfg.next_line,
         )
 
     def _paused(self, message: str) -> None:

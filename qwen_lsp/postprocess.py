@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from functools import lru_cache
 
+from qwen_lsp.context import LINE_CONTINUES, ends_finished_line
 from qwen_lsp.providers.base import QWEN_SPECIAL_TOKENS
 
 __all__ = [
@@ -524,9 +525,7 @@ def _fit_indent(line: str, ctx: PostContext) -> str:
 # C family), so that the line above a blank cursor line tells how deep the
 # next line may go.
 _INDENT_CAP_LANGS = frozenset({"python"}) | (_SLASH_COMMENTS - {"json", "jsonc", "proto"})
-# A line ending like this continues on the next one, at any indentation.
-_CONTINUES = ("\\", "=>", "->", "=", "+", "-", "*", "/", "%", "&&", "||", "?", ".", "|", "&",
-              "^", "<", ">", "(", "[", ",")
+_CONTINUES = LINE_CONTINUES
 # A line starting like this continues the statement on the line above ("? a : b").
 _LEADING_CONTINUES = ("?", ":", ".", "&&", "||", "+", "|", "&", "??")
 # Brace-less control statements: "if (x)" may be followed by one deeper line.
@@ -593,9 +592,7 @@ def fit_leading_newline(text: str, ctx: PostContext) -> str:
 
 
 def _line_done(ctx: PostContext) -> bool:
-    """The cursor ends a line of code that does not go on on the next line."""
-    code = ctx.line_prefix.rstrip()
-    return bool(code) and not ctx.line_suffix.strip() and not code.endswith(_CONTINUES)
+    return ends_finished_line(ctx.line_prefix, ctx.line_suffix)
 
 
 def _before_code(ctx: PostContext) -> bool:

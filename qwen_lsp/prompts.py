@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from qwen_lsp.context import CompletionContext
+from qwen_lsp.context import CompletionContext, ends_finished_line
 from qwen_lsp.providers.base import QWEN_SPECIAL_TOKENS, UpstreamRequest
 
 FIM_PREFIX = "<|fim_prefix|>"
@@ -174,12 +174,18 @@ def build_request(
     extra_body: dict[str, Any] | None = None,
     blocks: PartialBlocks | None = None,
     marks: tuple[int, ...] = (),
+    next_line: bool = False,
 ) -> UpstreamRequest:
     """The request for ``ctx``. In partial mode, ``blocks`` selects the block
-    layout (with cache markers on ``marks``) instead of the plain one."""
+    layout (with cache markers on ``marks``) instead of the plain one.
+    ``next_line``: at the end of a finished line the answer may start with a
+    line break (the next line is offered there), so the upstream does not stop
+    at it."""
     limit = max_tokens if ctx.multiline else min(max_tokens, SINGLE_LINE_MAX_TOKENS)
     stop = stop_sequences(mode, extra_stop)
-    if mode == "fim" and not ctx.multiline and ctx.line_prefix.strip() and "\n" not in stop:
+    offers_next = next_line and ends_finished_line(ctx.line_prefix, ctx.line_suffix)
+    if (mode == "fim" and not ctx.multiline and ctx.line_prefix.strip() and "\n" not in stop
+            and not offers_next):
         # Mid-line only the rest of this line is shown: the upstream stops at
         # the newline by itself, so the stream ends normally (exact usage, and
         # the connection stays open for the next request) instead of being

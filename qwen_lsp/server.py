@@ -318,6 +318,7 @@ class QwenServer(LanguageServer):
             context_cache=s.context_cache_mode(),
             price=price_for(s.model, s.prices) if s.provider != "local" else None,
             max_tokens_per_minute=s.max_tokens_per_minute or None,
+            next_line=s.upstream_is_local(),
         )
 
     async def aclose(self) -> None:

@@ -192,6 +192,15 @@ class Settings:
             return None
         return _BASE_URLS.get((self.api, self.region))
 
+    def upstream_is_local(self) -> bool:
+        """The requests go to this machine (the local engine, or a server on loopback)."""
+        if self.provider == "local":
+            return True
+        from urllib.parse import urlsplit
+
+        host = (urlsplit(self.resolved_base_url() or "").hostname or "").lower()
+        return host == "localhost" or host == "::1" or host.startswith("127.")
+
     def time_box_ms(self) -> int:
         """The time box of one completion as the engine applies it.
 

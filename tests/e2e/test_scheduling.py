@@ -296,3 +296,22 @@ async def test_a_window_of_another_size_at_the_same_place_shares_the_flight(tmp_
     prompts = [p.json["prompt"] for p in _posts(fake)]
     assert len(prompts) == 1, [len(p) for p in prompts]
     assert stats["coalesced"] == 1 and stats["superseded"] == 0
+
+
+async def test_the_next_line_offered_at_a_line_end_is_served_after_enter(tmp_path) -> None:
+    # The model's answer at the end of a finished line starts with a line break:
+    # the server offers the next line, and Enter (with the editor's indentation)
+    # types through it, so the rest of that line is shown without asking again.
+    doc = "def add(a, b):\n    total = a + b\n"
+    with FakeUpstream(Reply(text="\n    return total\n")) as fake:
+        client = await start_client(openai_env(tmp_path, fake.openai_base))
+        try:
+            open_doc(client, URI, doc)
+            at_end = await inline(client, URI, 1, 17, invoked=False)
+            _type(client, 2, 1, 17, "\n    ")
+            after_enter = await inline(client, URI, 2, 4, invoked=False)
+        finally:
+            await stop_client(client)
+    assert at_end is not None and at_end.items[0].insert_text == "\n    return total"
+    assert after_enter is not None and after_enter.items[0].insert_text == "return total"
+    assert len(_posts(fake)) == 1

@@ -81,6 +81,22 @@ def test_anchoring_never_takes_most_of_a_small_window(line: int) -> None:
     assert estimate_tokens(ctx.prefix) + estimate_tokens(ctx.suffix) <= 96
 
 
+@pytest.mark.parametrize("tokens", [96, 128, 192, 256])
+def test_a_window_does_not_open_inside_a_docstring(tokens: int) -> None:
+    doc = "".join(f"    Line {i} of a long docstring that explains the class.\n" for i in range(30))
+    text = (f'class Thing:\n    """Summary.\n\n{doc}    """\n\n'
+            "    def __init__(self, name):\n        self.name = name\n\n"
+            "    def rename(self, new):\n        old = self.name\n        \n")
+    cursor = text.rindex("        \n") + 8
+    ctx = ctx_at(text, cursor, context_tokens=tokens)
+    assert ctx.prefix.count('"""') % 2 == 0  # whole strings only: none opens at the start
+    assert "def rename(self, new):" in ctx.prefix
+    from qwen_lsp.engine import post_context
+    from qwen_lsp.postprocess import postprocess
+    raw = "self.name = new\n        return old\n\n    def other(self):\n        pass\n"
+    assert postprocess(raw, post_context(ctx)).text == "self.name = new\n        return old"
+
+
 @pytest.mark.parametrize("tokens", [300, 600, 1200])
 def test_prompt_with_snippets_fits_budget(tokens: int) -> None:
     snippets = [Snippet(f"pkg/m{i}.py", REAL[i * 3000 : i * 3000 + 2500]) for i in range(1, 6)]

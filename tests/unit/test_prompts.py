@@ -120,6 +120,19 @@ def test_newline_stop_only_where_one_line_is_all_we_show(
     assert ("\n" in req.stop) is stops_at_newline
 
 
+def test_next_line_drops_the_newline_stop_at_a_line_end_only() -> None:
+    src = "def f(x):\n    y = g(x)\n    return y\n"
+    end = src.index("g(x)") + len("g(x)")  # the end of a finished line
+    mid = src.index("(x)\n    return")  # before "(x)": text right of the cursor
+    for offset, stops_when_on in ((end, False), (mid, True)):
+        ctx = build_context(src, offset, uri="file:///ws/f.py", path="f.py", language="python",
+                            version=1, context_tokens=512, multiline_setting="never")
+        off = build_request(ctx, mode="fim", max_tokens=64, temperature=0.0)
+        on = build_request(ctx, mode="fim", max_tokens=64, temperature=0.0, next_line=True)
+        assert "\n" in off.stop  # remote upstreams keep the stop (and their connection)
+        assert ("\n" in on.stop) is stops_when_on
+
+
 def test_stop_sequences_do_not_repeat() -> None:
     assert stop_sequences("fim", ("<|endoftext|>", "x")) == [*QWEN_SPECIAL_TOKENS, "x"]
     assert stop_sequences("partial", ("x", "")) == ["x"]

@@ -452,6 +452,18 @@ def test_resolved_base_url_per_api_and_region(api: str, region: str, url: str) -
     assert override.resolved_base_url() == "http://127.0.0.1:8080/v1"
 
 
+@pytest.mark.parametrize(("settings", "local"), [
+    (Settings(provider="local"), True),
+    (Settings(provider="openai", base_url="http://127.0.0.1:8000/v1"), True),
+    (Settings(provider="openai", base_url="http://localhost:8000/v1"), True),
+    (Settings(provider="openai", base_url="http://[::1]:8000/v1"), True),
+    (Settings(provider="openai", base_url="http://gpu-box.internal:8000/v1"), False),
+    (Settings(provider="dashscope"), False),
+])
+def test_upstream_is_local(settings: Settings, local: bool) -> None:
+    assert settings.upstream_is_local() is local
+
+
 def test_resolved_base_url_local() -> None:
     local = Settings(provider="local")
     assert local.resolved_base_url() is None
