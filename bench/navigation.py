@@ -376,7 +376,8 @@ def render(results: dict[str, RunResult], places: dict[Path, list[int]], load: s
         rss = "–" if r.engine_rss_mb is None else f"{r.engine_rss_mb:.0f}"
         label = {"adaptive": "adaptive (default)",
                  "fixed-1536": "fixed 1,536 tokens (adaptiveBudget=false)",
-                 "fixed-512": "fixed 512 tokens (adaptiveBudget=false, contextTokens=512)"}[name]
+                 "fixed-512": "fixed 512 tokens (adaptiveBudget=false, contextTokens=512)"
+                 }.get(name) or f"{name} ({', '.join(f'{k}={v}' for k, v in RUNS[name].items())})"
         rows.append(
             f"| {label} | {_p(r.first, 0.5)} | {_p(r.first, 0.9)} | "
             f"{r.answered}/{r.asked} | {r.exact}/{r.asked} | {timeouts} | {_p(r.typing, 0.5)} | "
@@ -400,10 +401,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--files", default=None, help="comma-separated paths (default: 3 real files)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--env-run", action="append", default=[], metavar="NAME:VAR=VALUE,...",
+                    help="an extra run with these server environment variables (name it in "
+                         "--runs too)")
     ap.add_argument("--server-log", type=Path, default=None,
                     help="append the server's debug log (one line per completion flight) "
                          "and the phases of the run to this file")
     args = ap.parse_args(argv)
+    for spec in args.env_run:
+        name, _, pairs = spec.partition(":")
+        RUNS[name] = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
     files = [Path(f) for f in args.files.split(",")] if args.files else FILES
     for f in files:
         if not f.exists():

@@ -34,6 +34,7 @@ __all__ = [
     "drop_empty",
     "drop_suffix_copy",
     "fit_leading_newline",
+    "keep_header_for_body",
     "limit_scope",
     "merge_suffix_overlap",
     "normalize_indentation",
@@ -878,6 +879,31 @@ def drop_suffix_copy(text: str, ctx: PostContext) -> str:
     return text
 
 
+_BLOCK_OPENS = (":", "{")
+
+
+def keep_header_for_body(text: str, ctx: PostContext) -> str:
+    """A block header whose body is already there keeps its header line only.
+
+    When the first line of the suggestion opens a block and the code after the
+    cursor line is indented deeper than that line, the code below is the
+    block's body (the line above it is missing, the header); the body the
+    model goes on to write would be a second one.
+    """
+    lines = text.split("\n")
+    at = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if at is None or at == len(lines) - 1:
+        return text
+    head = ctx.line_prefix + lines[at] if at == 0 else lines[at]
+    if not _strip_comment(head, ctx).endswith(_BLOCK_OPENS):
+        return text
+    below = _next_nonblank(ctx, limit=1)
+    tab = _tab_width(ctx)
+    if not below or _columns(_leading_ws(below[0]), tab) <= _columns(_leading_ws(head), tab):
+        return text
+    return "\n".join(lines[: at + 1])
+
+
 # --------------------------------------------------------------------------- 6b. invented comments
 
 _COMMENT_WINDOW_LINES = 60  # prefix lines looked at for the file's own habit
@@ -1094,6 +1120,7 @@ PIPELINE: tuple[Filter, ...] = (
     normalize_indentation,
     limit_scope,
     drop_suffix_copy,
+    keep_header_for_body,
     trim_trailing_whitespace,
     merge_suffix_overlap,
     drop_empty,
@@ -1163,6 +1190,8 @@ def stream_should_stop(text_so_far: str, ctx: PostContext) -> bool:
             return True
         if drop_suffix_copy(complete, ctx) != complete:
             return True
+        if keep_header_for_body(complete + "\n", ctx) != complete + "\n":
+            return True  # its first line is a header whose body is already below
     cut = _scope_cut(text, ctx)
     if cut is None:
         return False

@@ -14,6 +14,7 @@ from qwen_lsp.postprocess import (
     drop_empty,
     drop_suffix_copy,
     fit_leading_newline,
+    keep_header_for_body,
     limit_scope,
     merge_suffix_overlap,
     normalize_indentation,
@@ -839,8 +840,10 @@ CLOSER_CASES = [
         "else-body-then-closer-of-the-suffix",
         PostContext(JS_FN_IF, "\n    b();\n  }\n  return 1;\n}\n", "javascript",
                     indent_unit="  "),
+        # The deeper line below ("b();") becomes the else block's body: the
+        # header is what is missing (keep_header_for_body), not a second body.
         "\n  } else {\n    c();\n  }",
-        Suggestion("  } else {\n    c();"),
+        Suggestion("  } else {"),
     ),
     (
         # npm's pacote git.js: the prompt window starts inside the class, so the
@@ -919,6 +922,32 @@ def test_strip_invented_comment(raw: str, ctx: PostContext, expected: str) -> No
     assert strip_invented_comment(raw, ctx) == expected
 
 
+# keep_header_for_body ----------------------------------------------------------------------
+
+# A blank line whose next line is indented deeper: the missing line is a header.
+PY_HEADER = PostContext("class A:\n    x = 1\n\n    ", "\n        return self.x\n", "python")
+JS_HEADER = PostContext("class A {\n  ", "\n    return 1;\n  }\n}\n", "javascript",
+                        indent_unit="  ")
+HEADER_CASES = [
+    ("python-header-keeps-one-line", "def get(self):\n        y = 2\n        return y", PY_HEADER,
+     "def get(self):"),
+    ("js-header-keeps-one-line", "get() {\n    return 2;\n  }", JS_HEADER, "get() {"),
+    ("header-with-comment", "def get(self):  # the value\n        return 2", PY_HEADER,
+     "def get(self):  # the value"),
+    ("not-a-header", "y = 2\n    z = 3", PY_HEADER, "y = 2\n    z = 3"),
+    ("one-line-only", "def get(self):", PY_HEADER, "def get(self):"),
+    ("body-not-deeper", "def get(self):\n        return 2", PY_BODY,
+     "def get(self):\n        return 2"),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "ctx", "expected"), [c[1:] for c in HEADER_CASES], ids=[c[0] for c in HEADER_CASES]
+)
+def test_keep_header_for_body(raw: str, ctx: PostContext, expected: str) -> None:
+    assert keep_header_for_body(raw, ctx) == expected
+
+
 # stream_should_stop -------------------------------------------------------------------------
 
 STREAM_CASES = [
@@ -935,6 +964,8 @@ STREAM_CASES = [
         True,
     ),
     ("single-line-mid-line-empty-first", "\n", PostContext("x = ", "\n", multiline=False), True),
+    ("header-of-existing-body", "def get(self):\n", PY_HEADER, True),
+    ("header-line-in-progress", "def get(self):", PY_HEADER, False),
     ("line-done-empty-first-goes-on", "\n", PY_LINE_END, False),
     ("line-done-blank-first-goes-on", " \n    z", PY_LINE_END, False),
     ("line-done-next-line-complete", "\n    z = 1\n", PY_LINE_END, True),
