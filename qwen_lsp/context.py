@@ -29,8 +29,10 @@ from __future__ import annotations
 import math
 import re
 import zlib
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 ANCHOR_LINES = 32  # coarsest anchoring step (large budgets)
 ASSUMED_LINE_CHARS = 40  # for choosing the step from a budget in characters
@@ -282,17 +284,33 @@ _TRIPLE_QUOTE = re.compile(r'"""|\'\'\'')
 _TRIPLE_QUOTE_LANGS = frozenset({"python", "kotlin", "scala", "swift"})
 
 
-def _open_triple_quote(text: str, pos: int) -> str | None:
-    """The triple quote whose string ``pos`` lies in, or None (quotes in
-    comments or ordinary strings are not told apart: rare, and only a window
-    start depends on it)."""
-    open_quote = None
-    for m in _TRIPLE_QUOTE.finditer(text, 0, pos):
+@lru_cache(maxsize=4)
+def _triple_quotes(text: str) -> tuple[tuple[int, ...], tuple[str | None, ...]]:
+    """Ends of the triple quotes in ``text``, and the string open after each.
+
+    Cached: a request builds several windows over the same text (and a str
+    keeps its hash), so the file is scanned once per version.
+    """
+    ends: list[int] = []
+    states: list[str | None] = []
+    open_quote: str | None = None
+    for m in _TRIPLE_QUOTE.finditer(text):
         if open_quote is None:
             open_quote = m.group()
         elif m.group() == open_quote:
             open_quote = None
-    return open_quote
+        ends.append(m.end())
+        states.append(open_quote)
+    return tuple(ends), tuple(states)
+
+
+def _open_triple_quote(text: str, pos: int) -> str | None:
+    """The triple quote whose string ``pos`` lies in, or None (quotes in
+    comments or ordinary strings are not told apart: rare, and only a window
+    start depends on it)."""
+    ends, states = _triple_quotes(text)
+    i = bisect_right(ends, pos) - 1
+    return states[i] if i >= 0 else None
 
 
 def _after_string(text: str, start: int, line_start: int, language: str) -> int:
