@@ -176,6 +176,7 @@ class Engine:
         self.budget = TokenBudget(clock=clock)
         self._docs: dict[str, _DocState] = {}
         self._first_tokens: deque[float] = deque(maxlen=10)
+        self._keeps: set[asyncio.Task[None]] = set()  # state saves after closed streams
 
     # -- public ----------------------------------------------------------------
     def forget(self, uri: str) -> None:
@@ -190,7 +191,7 @@ class Engine:
             s.flight.task
             for s in self._docs.values()
             if s.flight and s.flight.task and not s.flight.task.done()
-        ]
+        ] + [t for t in self._keeps if not t.done()]
         for t in tasks:
             t.cancel()
         if tasks:
@@ -298,12 +299,14 @@ class Engine:
         """No upstream stream is open and none is about to be (the local engine is free)."""
         return self._flights_up == 0 and self._debouncing == 0
 
-    async def prefill(self, prompt: str) -> bool:
+    async def prefill(self, prompt: str, *, answered: bool = False) -> bool:
         """Have the local engine process ``prompt`` and keep its state: no real output.
 
         One token is generated (the engine needs a sampling step to finish
         the request and save its state). Returns True when the engine got
         through it. Never raises for upstream trouble: warm-up is optional.
+        ``answered``: the prompt is one a request was answered with (see
+        :meth:`_keep`), not a warm-up window.
         """
         if self.view is None:
             return False
@@ -337,8 +340,29 @@ class Engine:
             # is prompt processing (plus the engine saving its state).
             self.view.record(prompt, text, completed=ended,
                              first_token_s=(first or self._clock()) - sent_at if ended else None,
-                             cost=cost, answered=False)
+                             cost=cost, answered=answered)
         return ended
+
+    def _keep_soon(self, prompt: str) -> None:
+        """After a stream we closed early, have the engine save the prompt's state.
+
+        The engine saves a state only when a request runs to its end, and
+        most completions are closed early (the line or the block is there).
+        Without a saved state, coming back to the place recomputes it. The
+        prompt is still in the engine's KV cache right after the stream, so
+        a one-token request for it costs a few tens of milliseconds; it is
+        skipped when a newer request already waits for the engine (that one
+        replaces the KV cache anyway).
+        """
+        async def keep() -> None:
+            if self._flights_up or self._debouncing:
+                return
+            self.stats.kept_states += 1
+            await self.prefill(prompt, answered=True)
+
+        task = asyncio.get_running_loop().create_task(keep())
+        self._keeps.add(task)
+        task.add_done_callback(self._keeps.discard)
 
     # -- internals ---------------------------------------------------------------
     def _attachable(self, flight: _Flight, ctx: CompletionContext) -> str | None:
@@ -541,6 +565,8 @@ class Engine:
                 self.view.record(request.prompt, written, completed=ended,
                                  first_token_s=None if first_token is None
                                  else first_token - sent_at, cost=cost)
+                if not ended and first_token is not None and not timed_out:
+                    self._keep_soon(request.prompt)
             self.health.release()
             self._account(request, written, usage, plan, reservation)
         if error is not None:

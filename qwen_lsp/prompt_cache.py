@@ -15,12 +15,15 @@ Pure bookkeeping: no I/O, no LSP or HTTP types.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from qwen_lsp.context import CHARS_PER_TOKEN, CompletionContext, estimate_tokens
 from qwen_lsp.prompts import fim_prompt
+
+log = logging.getLogger("qwen_lsp")
 
 # Bytes of engine state per token of Qwen2.5-Coder-0.5B (24 layers, 2 KV heads
 # of 64, f16 K and V), and per logits row (151,936 floats) a saved state keeps
@@ -285,7 +288,14 @@ def fit_context(build: Callable[[int], CompletionContext], view: EngineView,
     # The quick limit never falls below a few tokens: typing a key or Enter
     # adds one or two, and a slow estimate must not turn them into a recompute.
     quick = max(8, view.budget_tokens(quick_seconds))
-    return contexts[pick_budget(budgets, costs, quick=quick, limit=view.budget_tokens(seconds))]
+    limit = view.budget_tokens(seconds)
+    chosen = pick_budget(budgets, costs, quick=quick, limit=limit)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("window: %s -> %d (quick %d, limit %d new tokens)", ", ".join(
+            f"{b}: ~{c.new_tokens}/{c.prompt_tokens} new ({c.source}"
+            f"{', answered' if c.answered else ''})" for b, c in zip(budgets, costs, strict=True)),
+            budgets[chosen], quick, limit)
+    return contexts[chosen]
 
 
 class WindowStarts:

@@ -86,6 +86,7 @@ class Stats:
     early_answers: int = 0
     timeboxed: int = 0
     prefills: int = 0  # local engine: prompt-only warm-up requests
+    kept_states: int = 0  # ... of them: state saves after a stream we closed early
     prefetches: int = 0  # suggestions computed ahead for the state "as if accepted"
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -158,6 +159,7 @@ class Stats:
             "earlyAnswers": self.early_answers,
             "timeboxed": self.timeboxed,
             "prefills": self.prefills,
+            "keptStates": self.kept_states,
             "prefetches": self.prefetches,
             "promptTokens": self.prompt_tokens,
             "completionTokens": self.completion_tokens,

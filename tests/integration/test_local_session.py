@@ -276,3 +276,49 @@ async def test_tab_right_after_a_suggestion_is_answered_by_the_prefetch(tmp_path
     assert after["upstreamRequests"] == before["upstreamRequests"], (before, after)
     assert after["cacheHits"] + after["typedThroughHits"] > (
         before["cacheHits"] + before["typedThroughHits"]), (before, after)
+
+
+async def test_a_block_closed_early_leaves_its_state_saved(tmp_path) -> None:
+    """A multi-line answer is closed by the server once its block is there, and the
+    engine saves states only for requests that run to their end: the server then
+    asks for the same prompt once more (one token), which the engine answers from
+    its KV cache and saves (its log: the whole prompt matched, then "cache saved")."""
+    import asyncio
+    import os
+    import re
+
+    from tests.harness import stats
+
+    uri = "file:///work/proj/shapes.py"
+    text = ("class Point:\n    def __init__(self, x, y):\n        self.x = x\n"
+            "        self.y = y\n\n    def norm(self):\n        \n")
+    client = await start_client(server_env(tmp_path))
+    try:
+        open_doc(client, uri, text)
+        for _ in range(600):  # the engine is up and the warm-up of the open has run
+            await asyncio.sleep(0.1)
+            st = await status(client)
+            if (st.get("localEngine") or {}).get("state") == "ready" and not (
+                    st["localCache"]["warmUpRunning"]):
+                break
+        log_path = st["localEngine"]["log_path"]
+        offset = os.path.getsize(log_path)
+        res = await inline(client, uri, 6, 8)
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            if (await stats(client))["keptStates"]:
+                break
+        for _ in range(600):
+            await asyncio.sleep(0.1)
+            if not (await status(client))["localCache"]["warmUpRunning"]:
+                break
+        after = await stats(client)
+        engine_log = _engine_log_since(log_path, offset)
+    finally:
+        await stop_client(client)
+    assert res is not None and res.items, "no suggestion"
+    assert after["keptStates"] >= 1, after
+    # The keep request: everything but the last token came from the KV cache.
+    kept = re.search(r"(\d+) prefix-match hit, remaining 1 prompt tokens to eval"
+                     r"(?:(?!prefix-match).)*?cache saved", engine_log, re.DOTALL)
+    assert kept and int(kept.group(1)) > 20, engine_log[-3000:]
