@@ -34,7 +34,7 @@ def _window(server: QwenServer, offset: int, budget: int) -> str:
 def test_a_new_place_is_filled_smallest_window_first_then_larger_ones() -> None:
     server, view, _ = _server()
     sizes = []
-    for _ in range(8):
+    for _ in range(20):
         prompt = server._next_prefill()
         if prompt is None:
             break

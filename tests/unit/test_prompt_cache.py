@@ -131,11 +131,12 @@ def test_a_sample_far_above_the_speed_moves_it_only_a_little() -> None:
 
 
 @pytest.mark.parametrize(("full", "expected"), [
-    (1536, [1536, 768, 384, 192, MIN_CONTEXT_TOKENS]),
-    (512, [512, 256, 128, MIN_CONTEXT_TOKENS]),
+    (1536, [1536, 1152, 768, 576, 384, 288, 192, 144, MIN_CONTEXT_TOKENS]),
+    (512, [512, 384, 256, 192, 128, MIN_CONTEXT_TOKENS]),
     (64, [64]),
 ])
-def test_candidate_budgets_halve_down_to_a_few_lines(full: int, expected: list[int]) -> None:
+def test_candidate_budgets_step_down_by_three_quarters_and_halves(full: int,
+                                                                  expected: list[int]) -> None:
     assert candidate_budgets(full) == expected
 
 
