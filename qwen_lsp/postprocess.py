@@ -596,6 +596,11 @@ def _line_done(ctx: PostContext) -> bool:
     return ends_finished_line(ctx.line_prefix, ctx.line_suffix)
 
 
+def _invented_comment_line(line: str, ctx: PostContext) -> bool:
+    """``line`` (the rest of the cursor line) is nothing but an invented comment."""
+    return bool(line.strip()) and not strip_invented_comment(line, ctx).strip()
+
+
 def _before_code(ctx: PostContext) -> bool:
     """The cursor sits in a line's indentation, with the line's code right of it."""
     return not ctx.line_prefix.strip() and bool(ctx.line_suffix.strip())
@@ -604,19 +609,21 @@ def _before_code(ctx: PostContext) -> bool:
 def trim_single_line(text: str, ctx: PostContext) -> str:
     """Single-line mode keeps one line: the first non-empty one at a blank cursor line.
 
-    At the end of a finished line, an answer whose first line is empty offers
-    the next line ("\n" + that line), as it would appear after Enter. Before
-    the code of a line, a line the model ended is kept with its line break: it
-    goes in above that code.
+    At the end of a finished line, an answer whose first line is empty, or only
+    a comment the model invented there (see :func:`strip_invented_comment`),
+    offers the next line ("\n" + that line), as it would appear after Enter; a
+    comment with nothing after it stays. Before the code of a line, a line the
+    model ended is kept with its line break: it goes in above that code.
     """
     if ctx.multiline:
         return text
     lines = text.split("\n")
     if ctx.line_prefix.strip():
-        if lines[0].strip() or not _line_done(ctx):
-            return lines[0]
+        first = lines[0]
+        if not _line_done(ctx) or (first.strip() and not _invented_comment_line(first, ctx)):
+            return first
         nxt = next((line for line in lines[1:] if line.strip()), "")
-        return "\n" + nxt.rstrip("\r") if nxt else ""
+        return "\n" + nxt.rstrip("\r") if nxt else first
     for i, line in enumerate(lines):
         if line.strip():
             kept = line if i == 0 else _fit_indent(line.rstrip("\r"), ctx)
@@ -1181,6 +1188,10 @@ def stream_should_stop(text_so_far: str, ctx: PostContext) -> bool:
             return True  # first line is empty: nothing can survive
         # One line with something on it is kept (the first one, or the next one
         # after an empty first line): stop once it is complete.
+        first, nl, rest = text.partition("\n")
+        if nl and ctx.line_prefix.strip() and _line_done(ctx) and _invented_comment_line(
+                first, ctx):
+            text = rest  # the next line may take the invented comment's place
         head, nl, _ = text.lstrip(" \t\r\n").partition("\n")
         return bool(nl and head.strip())
     last_nl = text.rfind("\n")
