@@ -306,7 +306,7 @@ class Engine:
         the request and save its state). Returns True when the engine got
         through it. Never raises for upstream trouble: warm-up is optional.
         ``answered``: the prompt is one a request was answered with (see
-        :meth:`_keep`), not a warm-up window.
+        :meth:`_keep_soon`), not a warm-up window.
         """
         if self.view is None:
             return False

@@ -526,7 +526,6 @@ def _fit_indent(line: str, ctx: PostContext) -> str:
 # C family), so that the line above a blank cursor line tells how deep the
 # next line may go.
 _INDENT_CAP_LANGS = frozenset({"python"}) | (_SLASH_COMMENTS - {"json", "jsonc", "proto"})
-_CONTINUES = LINE_CONTINUES
 # A line starting like this continues the statement on the line above ("? a : b").
 _LEADING_CONTINUES = ("?", ":", ".", "&&", "||", "+", "|", "&", "??")
 # Brace-less control statements: "if (x)" may be followed by one deeper line.
@@ -557,7 +556,7 @@ def _indent_cap(ctx: PostContext) -> int | None:
     prev = above[-1].rstrip("\r")
     code = _strip_comment(prev, ctx)
     opens = _opens_block(code)
-    if not code.strip() or code.endswith(_CONTINUES) or (
+    if not code.strip() or code.endswith(LINE_CONTINUES) or (
         not opens and _BRACELESS_HEADER.match(code)
     ):
         return None
