@@ -57,6 +57,8 @@ QUICK_NEW_TOKENS = 24
 # A request that comes this long after the previous one in its document ends
 # a pause (a jump, Enter after reading, a revisit), not a keystroke in a burst.
 PAUSE_S = 0.5
+# Longest a request waits for a state save in progress (one token from the KV cache).
+KEEP_WAIT_S = 0.5
 
 
 @dataclass
@@ -352,10 +354,12 @@ class Engine:
         prompt is still in the engine's KV cache right after the stream, so
         a one-token request for it costs a few tens of milliseconds; it is
         skipped when a newer request already waits for the engine (that one
-        replaces the KV cache anyway).
+        replaces the KV cache anyway). A request that comes while it runs
+        waits for it (:meth:`_after_keep`): the engine would interrupt the keep
+        for it, and then save nothing.
         """
         async def keep() -> None:
-            if self._flights_up or self._debouncing:
+            if self._flights_up:
                 return
             self.stats.kept_states += 1
             await self.prefill(prompt, answered=True)
@@ -363,6 +367,12 @@ class Engine:
         task = asyncio.get_running_loop().create_task(keep())
         self._keeps.add(task)
         task.add_done_callback(self._keeps.discard)
+
+    async def _after_keep(self) -> None:
+        """Wait (briefly) for state saves in progress before sending a request."""
+        pending = [t for t in self._keeps if not t.done()]
+        if pending:
+            await asyncio.wait([asyncio.shield(t) for t in pending], timeout=KEEP_WAIT_S)
 
     # -- internals ---------------------------------------------------------------
     def _attachable(self, flight: _Flight, ctx: CompletionContext) -> str | None:
@@ -505,6 +515,7 @@ class Engine:
             plan = self.explicit_cache.plan(flight.ctx.uri, blocks, self._clock(),
                                             flight.ctx.prefix_start_line)
             request = self._request(flight.ctx, blocks, plan)
+        await self._after_keep()
         flight.sent = True
         self.stats.upstream_requests += 1
         usage: Usage | None = None
