@@ -129,6 +129,26 @@ def ends_finished_line(line_prefix: str, line_suffix: str) -> bool:
     return bool(code) and not line_suffix.strip() and not code.endswith(LINE_CONTINUES)
 
 
+def after_enter(text: str, offset: int, unit: str) -> tuple[str, int] | None:
+    """The text and cursor after Enter at ``offset``, when it ends a finished line.
+
+    The new line gets the indentation an editor gives it: the line's own, one
+    unit deeper after a block opener (``:``, ``{``). None elsewhere (mid-line,
+    a blank line, a line that goes on).
+    """
+    line_start = text.rfind("\n", 0, offset) + 1
+    nl = text.find("\n", offset)
+    line_end = len(text) if nl < 0 else nl
+    line_prefix, line_suffix = text[line_start:offset], text[offset:line_end].rstrip("\r")
+    if not ends_finished_line(line_prefix, line_suffix):
+        return None
+    indent = line_prefix[: len(line_prefix) - len(line_prefix.lstrip(" \t"))]
+    if line_prefix.rstrip().endswith((":", "{")):
+        indent += unit
+    eol = "\r\n" if nl > 0 and text[nl - 1] == "\r" else "\n"
+    return text[:offset] + eol + indent + text[offset:], offset + len(eol) + len(indent)
+
+
 def detect_indent_unit(text: str) -> str:
     """The document's indentation unit: a tab, or the most common space step."""
     tabs = spaces = 0

@@ -31,7 +31,14 @@ from qwen_lsp.cache import CompletionCache
 from qwen_lsp.context import CompletionContext, estimate_tokens
 from qwen_lsp.context_cache import NO_MARKS, CachePlan, ExplicitCache
 from qwen_lsp.health import UpstreamHealth
-from qwen_lsp.postprocess import PostContext, Suggestion, postprocess, stream_should_stop
+from qwen_lsp.postprocess import (
+    PostContext,
+    Suggestion,
+    next_line_copy_word,
+    postprocess,
+    stream_should_stop,
+    swaps_one_word,
+)
 from qwen_lsp.pricing import Price
 from qwen_lsp.prompt_cache import Cost, EngineView
 from qwen_lsp.prompts import PartialBlocks, build_request, fim_prompt, partial_blocks
@@ -119,6 +126,9 @@ class _Flight:
             asyncio.get_running_loop().create_future()
         )
         self.post_time = 0.0  # seconds spent post-processing this flight's text
+        # Computed ahead (Tab, Tab, Tab) with no editor request waiting for it yet.
+        self.prefetch = False
+        self.delay = 0.0  # its debounce, seconds
 
     def release(self) -> None:
         self.waiters -= 1
@@ -131,6 +141,7 @@ class _DocState:
     last_request: float | None = None
     gaps: deque[float] = field(default_factory=lambda: deque(maxlen=20))
     after_pause: bool = True  # the latest request came after a pause
+    accepted: bool = False  # a suggestion was accepted since the latest request
     flight: _Flight | None = None
 
 
@@ -188,6 +199,27 @@ class Engine:
         if state and state.flight and state.flight.task and not state.flight.task.done():
             state.flight.task.cancel()
 
+    def note_accept(self, uri: str) -> None:
+        """The editor inserted a suggestion we showed (Tab, or a word of it)."""
+        self._docs.setdefault(uri, _DocState()).accepted = True
+
+    def drop_prefetches(self) -> int:
+        """The user went elsewhere: stop computing ahead for where they were.
+
+        A prefetch holds the engine for up to a second; the warm-up at the new
+        place (and the first request there) would wait behind it. A flight an
+        editor request has attached to is left alone. Returns how many stopped.
+        """
+        dropped = 0
+        for state in self._docs.values():
+            flight = state.flight
+            if (flight is not None and flight.prefetch and flight.task is not None
+                    and not flight.task.done()):
+                flight.task.cancel()
+                dropped += 1
+        self.stats.prefetches_dropped += dropped
+        return dropped
+
     async def aclose(self) -> None:
         tasks = [
             s.flight.task
@@ -222,9 +254,12 @@ class Engine:
         if not prefetch:
             if state.last_request is not None:
                 gap = started - state.last_request
-                if gap < 1.0:
+                # An accepted suggestion is not a key of a burst: the user
+                # reads what came in, and the next request goes out at once.
+                if gap < 1.0 and not state.accepted:
                     state.gaps.append(gap)
-                state.after_pause = gap >= PAUSE_S
+                state.after_pause = gap >= PAUSE_S or state.accepted
+            state.accepted = False
             state.last_request = started
 
         hit = self.cache.get(*_cache_key(ctx))
@@ -261,8 +296,10 @@ class Engine:
         else:
             flight = None
         if flight is None:
-            flight = self._launch(state, ctx)
+            flight = self._launch(state, ctx, prefetch=prefetch)
             typed = ""
+        elif not prefetch:
+            flight.prefetch = False  # the editor waits for it now
 
         flight.waiters += 1
         t = timing.add(t)
@@ -440,10 +477,15 @@ class Engine:
         delay = slow_gap * factor
         return max(lo, min(hi, delay))
 
-    def _launch(self, state: _DocState, ctx: CompletionContext) -> _Flight:
+    def _launch(self, state: _DocState, ctx: CompletionContext, *,
+                prefetch: bool = False) -> _Flight:
         flight = _Flight(ctx, post_context(ctx),
                          ctx.answer_lead if self.config.mode == "fim" else "")
-        delay = self.debounce_delay(state, ctx)
+        flight.prefetch = prefetch
+        # A prefetch runs when the warm-up finds the engine idle: no key to wait for
+        # (debounced like the typing before it, Tab waited up to 0.6 s for it).
+        delay = flight.delay = (self.config.debounce_min_ms / 1000.0 if prefetch
+                                else self.debounce_delay(state, ctx))
         flight.task = asyncio.get_running_loop().create_task(self._fly(flight, delay))
         state.flight = flight
         return flight
@@ -605,6 +647,12 @@ class Engine:
         suggestion = postprocess(
             flight.text, flight.post, echo_prefix=self.config.mode == "partial"
         )
+        flight.post_time += time.perf_counter() - t
+        if suggestion is None and error is None and not timed_out and self.view is not None:
+            ban = next_line_copy_word(flight.text[len(flight.lead):], flight.post)
+            if ban is not None:
+                suggestion = await self._second_try(flight, request, ban, sent_at)
+        t = time.perf_counter()
         if timed_out:
             pass  # a cut-off answer is neither the model's suggestion nor "nothing"
         elif suggestion is not None:
@@ -618,6 +666,68 @@ class Engine:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("flight: %s", _trace(flight, cost, delay, sent_at, first_token,
                                            self._clock(), suggestion))
+        return suggestion
+
+    async def _second_try(self, flight: _Flight, request: UpstreamRequest, ban: str,
+                          sent_at: float) -> Suggestion | None:
+        """Ask the local engine once more, with ``ban`` forbidden (see
+        :func:`~qwen_lsp.postprocess.next_line_copy_word`).
+
+        The prompt is the one just answered, still in the engine's KV cache:
+        this costs only the new answer's tokens, within what is left of the
+        time box. llama-cpp-python's server turns the words of a ``"tokens"``
+        logit bias into their token ids.
+        """
+        cfg = self.config
+        left = cfg.timeout_ms / 1000.0 - (self._clock() - sent_at)
+        if left <= 0.5 or self.view is None:
+            return None
+        bias = {word: -100.0 for word in (ban, " " + ban)}
+        retry = UpstreamRequest(
+            prompt=request.prompt, messages=request.messages, max_tokens=request.max_tokens,
+            temperature=request.temperature, stop=list(request.stop),
+            extra={**request.extra, "logit_bias": bias, "logit_bias_type": "tokens"})
+        self.stats.second_tries += 1
+        self.stats.upstream_requests += 1
+        text = flight.lead
+        first: float | None = None
+        ended = False
+        cost = self.view.cost(retry.prompt) if retry.prompt else None
+        started = self._clock()
+        stream = None
+        self._flights_up += 1
+        try:
+            provider = await self._provider()
+            stream = provider.stream(retry)
+            async with asyncio.timeout(left):
+                async for event in stream:
+                    if isinstance(event, TextDelta):
+                        first = first if first is not None else self._clock()
+                        text += event.text
+                        if stream_should_stop(text, flight.post):
+                            break
+                else:
+                    ended = True
+        except (UpstreamError, TimeoutError) as exc:
+            log.debug("second try failed: %s", exc)
+            return None
+        finally:
+            self._flights_up -= 1
+            if stream is not None:
+                await _close(stream)
+            if cost is not None and retry.prompt:
+                self.view.record(retry.prompt, text[len(flight.lead):], completed=ended,
+                                 first_token_s=None if first is None else first - started,
+                                 cost=cost)
+        t = time.perf_counter()
+        suggestion = postprocess(text, flight.post, echo_prefix=cfg.mode == "partial")
+        if suggestion is not None and swaps_one_word(suggestion.text, flight.text):
+            suggestion = None
+        flight.post_time += time.perf_counter() - t
+        if suggestion is not None:
+            self.stats.second_try_answers += 1
+        log.debug("second try without %r: %r -> %r", ban, text[:80],
+                  None if suggestion is None else suggestion.text[:80])
         return suggestion
 
     def _request(

@@ -15,6 +15,7 @@ Nothing here does I/O; the only state is a small memo of prefix/suffix scans.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -596,8 +597,14 @@ def _line_done(ctx: PostContext) -> bool:
 
 
 def _invented_comment_line(line: str, ctx: PostContext) -> bool:
-    """``line`` (the rest of the cursor line) is nothing but an invented comment."""
-    return bool(line.strip()) and not strip_invented_comment(line, ctx).strip()
+    """``line`` (the rest of the cursor line) is nothing but a comment after its code.
+
+    Used at the end of a finished line, where the user is about to write the
+    next line: a comment there gives way to that line in any file, also in
+    one that puts comments after its code (after Tab in argparse.py, three
+    of five suggestions were such comments).
+    """
+    return bool(line.strip()) and not strip_invented_comment(line, ctx, habit=False).strip()
 
 
 def _before_code(ctx: PostContext) -> bool:
@@ -937,16 +944,16 @@ def _file_has_trailing_comments(prefix: str, language: str) -> bool:
     return False
 
 
-def strip_invented_comment(text: str, ctx: PostContext) -> str:
+def strip_invented_comment(text: str, ctx: PostContext, *, habit: bool = True) -> str:
     """Drop a comment the model put after the code of a line, in a file that has none.
 
     Small models like to end a line with ``  # Initialize an empty list``; the
     code before it is often exactly right. Only comments after code are
     dropped (a comment line stays), and only when none of the prefix's last
     lines carries such a comment, so a file that annotates its lines keeps
-    the habit.
+    the habit (``habit=False``: drop them in any file).
     """
-    if _file_has_trailing_comments(ctx.prefix, ctx.language):
+    if habit and _file_has_trailing_comments(ctx.prefix, ctx.language):
         return text
     info = _prefix_info(ctx.prefix, ctx.language)
     if info.state.comment or info.state.quote:
@@ -1160,6 +1167,67 @@ def run_filters(
 def postprocess(raw: str, ctx: PostContext, *, echo_prefix: bool = False) -> Suggestion | None:
     """Run the whole pipeline. ``echo_prefix`` for partial mode (the model may repeat the line)."""
     return run_filters(raw, ctx, PIPELINE, echo_prefix=echo_prefix)
+
+
+# --------------------------------------------------------------------------- second try
+
+_TOKENISH = re.compile(r"\w+|[^\w\s]+")
+_WORD_PIECE = re.compile(r"_*(?:[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+)")
+# Lines above the cursor compared with a copy of the next line (see below).
+_SECOND_TRY_LINES = 40
+
+
+def next_line_copy_word(raw: str, ctx: PostContext) -> str | None:
+    """At a blank line, when the model wrote the line that already follows: the
+    word to forbid in a second try, else None.
+
+    A small model that sees the cursor at a blank line between two lines it
+    can predict often skips the missing one and writes the one below (2 of 15
+    places in bench/navigation.py); the copy is dropped and the user gets
+    nothing where they are about to write. Forbidding the word where the copy
+    parts from the lines above it ("self.crc" beside "self.name": "crc";
+    "new signatureHelp_1" beside "new completion_1": "signatureHelp")
+    leaves the model its second choice, usually the missing line.
+    """
+    if ctx.line_prefix.strip() or ctx.line_suffix.strip():
+        return None
+    first = next((line.strip() for line in raw.split("\n") if line.strip()), "")
+    after = next((line.strip() for line in ctx.following_lines if line.strip()), "")
+    if not first or first != after:
+        return None
+    above = [line.strip() for line in ctx.prefix.split("\n")[-_SECOND_TRY_LINES:]]
+    shared = max((_common_len(first, line) for line in above if line), default=0)
+    for m in _TOKENISH.finditer(first):
+        if m.end() > shared:
+            # The first piece of the word ("signature" of "signatureHelp_1"):
+            # forbidding all of it would forbid "_" and "1" in the answer too.
+            # Punctuation is glued to the spaces around it in the model's
+            # tokens (" :", "):"), so forbidding it does not take; no second try.
+            piece = _WORD_PIECE.match(m.group())
+            return piece.group() if piece else None
+    return None
+
+
+def swaps_one_word(answer: str, copy: str) -> bool:
+    """The answer's first line is ``copy``'s with one word changed and the rest kept.
+
+    A second try (see :func:`next_line_copy_word`) that only swaps the word it
+    was forbidden ("return EmptyHeaderError(...)" for the next line's "raise
+    EmptyHeaderError(...)") is the next line bent out of shape, not the
+    missing one: it is dropped like the copy was.
+    """
+    a = next((line.strip() for line in answer.split("\n") if line.strip()), "")
+    b = next((line.strip() for line in copy.split("\n") if line.strip()), "")
+    if not a or not b:
+        return False
+    head = _common_len(a, b)
+    tail = _common_len(a[head:][::-1], b[head:][::-1])
+    mid_a, mid_b = a[head:len(a) - tail], b[head:len(b) - tail]
+    return bool(re.fullmatch(r"\w*", mid_a) and re.fullmatch(r"\w*", mid_b))
+
+
+def _common_len(a: str, b: str) -> int:
+    return len(os.path.commonprefix([a, b]))
 
 
 # --------------------------------------------------------------------------- streaming

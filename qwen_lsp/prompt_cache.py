@@ -264,7 +264,7 @@ def candidate_budgets(full_tokens: int) -> list[int]:
 
 
 def pick_budget(budgets: Sequence[int], costs: Sequence[Cost], *, quick: int,
-                limit: int) -> int:
+                limit: int, tails: Sequence[int] | None = None) -> int:
     """Index of the window to send, ``budgets`` largest first with what each
     prompt would cost the engine.
 
@@ -276,14 +276,37 @@ def pick_budget(budgets: Sequence[int], costs: Sequence[Cost], *, quick: int,
     request after a short pause at a new place gets the context a second buys).
     With nothing computed, the largest window whose prompt fits ``limit``;
     with nothing fitting, the smallest.
+
+    ``tails``: per window, the prompt tokens after the cursor's seam (the
+    suffix and the middle). A key typed in a word or Enter moves the seam, so
+    they are computed again at every keystroke in any window; a window whose
+    prompt *before* them is (nearly) computed is as ready as a window can be.
+    Without this a keystroke looked like a recompute, and the request took a
+    larger window that really was one (0.6 s instead of 0.35 s, navigation
+    run of 2026-12-02).
     """
     fits = next((i for i, c in enumerate(costs) if c.new_tokens <= limit), len(costs) - 1)
-    ready = next((i for i, c in enumerate(costs) if c.new_tokens <= quick), None)
+
+    def is_ready(i: int) -> bool:
+        c = costs[i]
+        if c.new_tokens <= quick:
+            return True
+        if tails is None:
+            return False
+        head = max(0, c.prompt_tokens - tails[i])
+        return head - c.cached_tokens <= quick and 2 * c.cached_tokens >= head
+
+    ready = next((i for i in range(len(costs)) if is_ready(i)), None)
     if ready is None:
         return fits
     if costs[ready].answered or budgets[fits] <= GROWTH_WORTH_PAYING * budgets[ready]:
         return ready
     return fits
+
+
+def prompt_tail_tokens(ctx: CompletionContext) -> int:
+    """Tokens of ``ctx``'s prompt from ``<|fim_suffix|>`` on (suffix, middle, markers)."""
+    return estimate_tokens(ctx.fim_suffix) + estimate_tokens(ctx.fim_middle) + 2
 
 
 def fit_context(build: Callable[[int], CompletionContext], view: EngineView,
@@ -298,7 +321,8 @@ def fit_context(build: Callable[[int], CompletionContext], view: EngineView,
     # adds one or two, and a slow estimate must not turn them into a recompute.
     quick = max(8, view.budget_tokens(quick_seconds))
     limit = view.budget_tokens(seconds)
-    chosen = pick_budget(budgets, costs, quick=quick, limit=limit)
+    tails = [prompt_tail_tokens(c) for c in contexts]
+    chosen = pick_budget(budgets, costs, quick=quick, limit=limit, tails=tails)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("window: %s -> %d (quick %d, limit %d new tokens)", ", ".join(
             f"{b}: ~{c.new_tokens}/{c.prompt_tokens} new ({c.source}"

@@ -28,7 +28,15 @@ from pygls.protocol.json_rpc import RPCRequest
 
 from qwen_lsp import __version__
 from qwen_lsp.backend import Backend
-from qwen_lsp.context import CHARS_PER_TOKEN, CompletionContext, Snippet, build_context, skip_reason
+from qwen_lsp.context import (
+    CHARS_PER_TOKEN,
+    CompletionContext,
+    Snippet,
+    after_enter,
+    build_context,
+    detect_indent_unit,
+    skip_reason,
+)
 from qwen_lsp.context_cache import keep_window_start
 from qwen_lsp.documents import (
     UTF8,
@@ -68,6 +76,9 @@ TRIGGER_CHARACTERS = [".", "(", "[", "{", ",", ":", "=", " ", "\n", "\t", ">", '
 _WORD_TAIL = re.compile(r"\w+$")
 # One pre-fill chunk: what a real request may have to wait for behind it.
 PREFILL_CHUNK_S = 0.3
+# A cursor this far past the end of a suggestion shown still counts as being
+# there (Enter and an indent after accepting it): its prefetch is kept.
+AHEAD_SLACK_CHARS = 80
 # The local engine's windows get other files' snippets from this budget up.
 CROSS_FILE_MIN_TOKENS = 1024
 # Start-up measurement of the local engine's prompt speed, when no file is open yet.
@@ -208,6 +219,9 @@ class QwenServer(LanguageServer):
         self.view = EngineView(STATE_CACHE_BYTES)
         self.place: tuple[str, int] | None = None
         self._prefetch: tuple[str, int, str, int, Suggestion, tuple[Snippet, ...]] | None = None
+        # The suggestion shown last, which the warm-up computes ahead from:
+        # (uri, start offset, end offset, text).
+        self._ahead: tuple[str, int, int, str] | None = None
         self._starts = WindowStarts()
         self.warmer = Warmer(self._warm_step, engine_idle=self._engine_idle)
         # Set once the first workspace/configuration answer is in (or known
@@ -365,6 +379,10 @@ class QwenServer(LanguageServer):
                                    self.encoding, strict=False)
             except PositionError:
                 return
+            ahead = self._ahead
+            if (ahead is not None and ahead[0] == uri and at == ahead[1] and len(last.text) > 1
+                    and ahead[3].startswith(last.text) and self.engine is not None):
+                self.engine.note_accept(uri)  # the suggestion shown there, or a word of it
             self.user_at(uri, at + len(last.text))
 
     # -- completion ----------------------------------------------------------------
@@ -485,6 +503,7 @@ class QwenServer(LanguageServer):
         if self.engine.view is not None:
             # Tab, Tab, Tab: compute what comes after this one while the user reads it.
             self._prefetch = (uri, doc.version, doc.text, offset, suggestion, tuple(snippets))
+            self._ahead = (uri, offset, offset + len(suggestion.text), suggestion.text)
             self.warmer.poke(now=True)
         return (doc, suggestion, offset, timing), None
 
@@ -551,6 +570,13 @@ class QwenServer(LanguageServer):
         """The user is at this place (open, edit, cursor move, request)."""
         self.place = (uri, offset)
         if self.engine is not None and self.engine.view is not None and self.settings.enabled:
+            ahead = self._ahead
+            if ahead is not None and not (
+                    ahead[0] == uri and ahead[1] <= offset <= ahead[2] + AHEAD_SLACK_CHARS):
+                # Gone elsewhere before Tab: the suggestion computed ahead is not
+                # needed, and the warm-up here must not wait behind it.
+                self._ahead = self._prefetch = None
+                self.engine.drop_prefetches()
             self.warmer.poke()
 
     def _engine_idle(self) -> bool:
@@ -593,13 +619,18 @@ class QwenServer(LanguageServer):
     def _next_prefill(self) -> str | None:
         """The next chunk of prompt to pre-fill at the user's place.
 
-        The windows larger than the largest one the engine has ready there,
-        smallest first: a revisit or a pause in typing grows the window it
-        already has instead of computing a smaller one that no request would
-        take (a request takes the largest ready window). The whole prompt at
-        the place is pre-filled: the code typed in the cursor's block goes
-        after ``<|fim_middle|>`` (see context.py), so what the user types
-        there, and Enter, only append to it.
+        First the prompt a request there would be sent now (the window
+        :func:`fit_context` picks), so that the request costs only what was
+        typed since. At the end of a finished line that is the prompt after
+        Enter (with the editor's indentation): what a user there does next,
+        and a prompt whose suffix differs from the one at the cursor (Enter on
+        a revisit recomputed it: 50-70 tokens, a quarter of a second).
+
+        Then the windows larger than the largest one the engine has ready
+        there, smallest first: a pause grows the window the place already has
+        instead of computing a smaller one that no request would take. The
+        code typed in the cursor's block goes after ``<|fim_middle|>`` (see
+        context.py), so what the user types there only appends to it.
         """
         if self.place is None or self.engine is None or self.engine.view is None:
             return None
@@ -612,11 +643,30 @@ class QwenServer(LanguageServer):
             return None
         offset = min(offset, len(doc.text))
         view = self.engine.view
+        text = doc.text
+        entered = after_enter(text, offset, detect_indent_unit(
+            text[max(0, offset - 4000): offset + 1000]))
+        if entered is not None:
+            text, offset = entered
         snippets = self._snippets(doc, offset)
         chunk_chars = int(max(16, view.budget_tokens(PREFILL_CHUNK_S)) * CHARS_PER_TOKEN)
+
+        def chunk(ctx: CompletionContext, prompt: str, cached: int) -> str:
+            self._sent(uri, text, ctx)
+            end = cached + chunk_chars
+            if end >= len(prompt):
+                return prompt
+            nl = prompt.find("\n", end)
+            return prompt if nl < 0 else prompt[: nl + 1]
+
+        ctx = self._context(doc, text, offset, snippets, manual=False)
+        prompt = fim_prompt(ctx)
+        cached = view.cost(prompt).cached_chars
+        if len(prompt) - cached >= 2 * CHARS_PER_TOKEN:
+            return chunk(ctx, prompt, cached)
         todo: list[tuple[CompletionContext, str, int]] = []
         for budget in candidate_budgets(s.context_tokens):  # largest first
-            ctx = self._context(doc, doc.text, offset, snippets, manual=False, tokens=budget)
+            ctx = self._context(doc, text, offset, snippets, manual=False, tokens=budget)
             prompt = fim_prompt(ctx)
             cached = view.cost(prompt).cached_chars
             if len(prompt) - cached < 2 * CHARS_PER_TOKEN:
@@ -624,13 +674,7 @@ class QwenServer(LanguageServer):
             todo.append((ctx, prompt, cached))
         if not todo:
             return None
-        ctx, prompt, cached = todo[-1]
-        self._sent(uri, doc.text, ctx)
-        end = cached + chunk_chars
-        if end >= len(prompt):
-            return prompt
-        nl = prompt.find("\n", end)
-        return prompt if nl < 0 else prompt[: nl + 1]
+        return chunk(*todo[-1])
 
     def _file_info(self, uri: str) -> tuple[str, bool]:
         """(path shown to the model, excluded?) per URI, computed once per settings."""

@@ -88,6 +88,9 @@ class Stats:
     prefills: int = 0  # local engine: prompt-only warm-up requests
     kept_states: int = 0  # ... of them: state saves after a stream we closed early
     prefetches: int = 0  # suggestions computed ahead for the state "as if accepted"
+    prefetches_dropped: int = 0  # ... of them given up: the user went elsewhere first
+    second_tries: int = 0  # local engine: asked again without the copy of the next line
+    second_try_answers: int = 0  # ... and got a suggestion
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
@@ -161,6 +164,9 @@ class Stats:
             "prefills": self.prefills,
             "keptStates": self.kept_states,
             "prefetches": self.prefetches,
+            "prefetchesDropped": self.prefetches_dropped,
+            "secondTries": self.second_tries,
+            "secondTryAnswers": self.second_try_answers,
             "promptTokens": self.prompt_tokens,
             "completionTokens": self.completion_tokens,
             "cachedTokens": self.cached_tokens,

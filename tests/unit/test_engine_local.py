@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from qwen_lsp.context import build_context
 from qwen_lsp.engine import Engine, EngineConfig, _DocState
@@ -86,3 +87,147 @@ async def test_a_request_waiting_out_its_debounce_keeps_the_engine_busy() -> Non
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert engine.idle
+
+
+class _Hanging:
+    """An upstream that accepts a request and never answers (the engine is busy)."""
+
+    def __init__(self) -> None:
+        self.streams = 0
+
+    async def stream(self, request):
+        self.streams += 1
+        await asyncio.Event().wait()
+        yield  # pragma: no cover - never reached
+
+
+async def _in_flight(engine: Engine, ctx, *, prefetch: bool) -> asyncio.Task:
+    task = asyncio.ensure_future(engine.complete(ctx, prefetch=prefetch))
+    for _ in range(200):  # past the debounce, into the stream
+        await asyncio.sleep(0.01)
+        if engine._flights_up:
+            break
+    assert engine._flights_up == 1
+    return task
+
+
+async def test_a_prefetch_is_dropped_when_the_user_goes_elsewhere() -> None:
+    upstream = _Hanging()
+
+    async def provider():
+        return upstream
+
+    engine = Engine(EngineConfig(), provider, view=EngineView(1 << 30))
+    task = await _in_flight(engine, _ctx(), prefetch=True)
+    assert engine.drop_prefetches() == 1
+    assert await asyncio.wait_for(task, 1.0) is None
+    assert engine.stats.prefetches_dropped == 1
+    assert engine.idle  # the engine is free for the new place
+
+
+async def test_a_prefetch_an_editor_request_waits_for_is_kept() -> None:
+    upstream = _Hanging()
+
+    async def provider():
+        return upstream
+
+    engine = Engine(EngineConfig(), provider, view=EngineView(1 << 30))
+    ctx = _ctx()
+    ahead = await _in_flight(engine, ctx, prefetch=True)
+    asked = asyncio.ensure_future(engine.complete(ctx))  # Tab: the same state
+    await asyncio.sleep(0.05)
+    assert engine.drop_prefetches() == 0
+    assert not asked.done() and upstream.streams == 1  # still the one flight
+    for t in (ahead, asked):
+        t.cancel()
+    await asyncio.gather(ahead, asked, return_exceptions=True)
+    await engine.aclose()
+
+
+async def test_a_prefetch_after_typing_and_the_request_after_an_accept_are_not_debounced() -> None:
+    upstream = _Hanging()
+
+    async def provider():
+        return upstream
+
+    engine = Engine(EngineConfig(), provider, view=EngineView(1 << 30))
+    lo = engine.config.debounce_min_ms / 1000.0
+    ctx = _ctx()
+    engine._docs[ctx.uri] = _typing()
+    # The typing pattern alone would hold a request back for the pause.
+    assert engine.debounce_delay(engine._docs[ctx.uri], ctx) > lo
+    ahead = asyncio.ensure_future(engine.complete(ctx, prefetch=True))
+    await asyncio.sleep(0)
+    assert engine._docs[ctx.uri].flight.delay == lo
+    ahead.cancel()
+    await asyncio.gather(ahead, return_exceptions=True)
+    # The editor inserted the suggestion: the next request is no key of a burst.
+    other = _ctx(TEXT.replace("total = ", "result = "))
+    engine._docs[ctx.uri].last_request = time.monotonic()
+    engine.note_accept(ctx.uri)
+    asked = asyncio.ensure_future(engine.complete(other))
+    await asyncio.sleep(0)
+    assert engine._docs[ctx.uri].flight.delay == lo
+    asked.cancel()
+    await asyncio.gather(asked, return_exceptions=True)
+    await engine.aclose()
+
+
+def _blank_line_ctx():
+    text = ("class Reader:\n    def open(self, name):\n        self.name = name\n"
+            "        self.mode = 'r'\n        \n        self.crc = zlib.crc32(b'')\n"
+            "        return self\n")
+    at = text.index("        \n") + 8
+    return build_context(text, at, uri="file:///r.py", path="r.py", language="python",
+                         version=1, context_tokens=256)
+
+
+async def test_a_copy_of_the_next_line_is_asked_again_without_its_word(fake_upstream) -> None:
+    from qwen_lsp.providers.openai import OpenAICompatProvider
+    from tests.fake_upstream import Reply
+
+    def reply(rec):
+        if "logit_bias" in rec.json:
+            return Reply(text="\n        self.zlib = zlib\n")
+        return Reply(text="\n        self.crc = zlib.crc32(b'')\n")  # the line below
+
+    fake_upstream.reply = reply
+    provider = OpenAICompatProvider(fake_upstream.openai_base, None, "m",
+                                    connect_timeout=5, read_timeout=5)
+
+    async def source():
+        return provider
+
+    engine = Engine(EngineConfig(), source, view=EngineView(1 << 30))
+    try:
+        got = await engine.complete(_blank_line_ctx())
+    finally:
+        await engine.aclose()
+        await provider.aclose()
+    assert got is not None and got.text == "self.zlib = zlib"
+    second = fake_upstream.requests[-1].json
+    # The word where the copy parts from the lines above ("self." is shared).
+    assert second["logit_bias"] == {"crc": -100.0, " crc": -100.0}
+    assert second["logit_bias_type"] == "tokens"
+    assert second["prompt"] == fake_upstream.requests[0].json["prompt"]
+    assert engine.stats.second_tries == 1 and engine.stats.second_try_answers == 1
+
+
+async def test_a_remote_upstream_gets_no_second_try(fake_upstream) -> None:
+    from qwen_lsp.providers.openai import OpenAICompatProvider
+    from tests.fake_upstream import Reply
+
+    fake_upstream.reply = Reply(text="\n        self.crc = zlib.crc32(b'')\n")
+    provider = OpenAICompatProvider(fake_upstream.openai_base, None, "m",
+                                    connect_timeout=5, read_timeout=5)
+
+    async def source():
+        return provider
+
+    engine = Engine(EngineConfig(), source)  # no view: a remote API bills every try
+    try:
+        assert await engine.complete(_blank_line_ctx()) is None
+    finally:
+        await engine.aclose()
+        await provider.aclose()
+    assert len(fake_upstream.requests) == 1 and engine.stats.second_tries == 0

@@ -17,12 +17,14 @@ from qwen_lsp.postprocess import (
     keep_header_for_body,
     limit_scope,
     merge_suffix_overlap,
+    next_line_copy_word,
     normalize_indentation,
     postprocess,
     run_filters,
     stream_should_stop,
     strip_invented_comment,
     strip_prefix_echo,
+    swaps_one_word,
     trim_single_line,
     trim_trailing_whitespace,
 )
@@ -294,10 +296,11 @@ SINGLE_CASES = [
     ("line-open-no-next-line", "\n    z = 1", PostContext("y = (1 +", "\n", multiline=False), ""),
     ("line-done-invented-comment-gives-way", "  # double it\n    z = y + 1\n", PY_LINE_END,
      "\n    z = y + 1"),
-    ("line-done-comment-of-a-commenting-file",
+    # Also in a file that comments its lines: the user is about to write the next one.
+    ("line-done-comment-gives-way-in-a-commenting-file-too",
      "  # twice\n    z = 1\n", PostContext("def f(x):\n    a = 1  # one\n    y = x * 2",
                                           "\n    return y\n", "python", multiline=False),
-     "  # twice"),
+     "\n    z = 1"),
     ("before-code-keeps-break", "    y = x\n\n", PY_BEFORE_CODE, "    y = x\n"),
     ("before-code-inline-insert", "    y = ", PY_BEFORE_CODE, "    y = "),
 ]
@@ -1012,3 +1015,34 @@ def test_early_stop_keeps_the_result(
             assert postprocess(raw[:end], ctx, echo_prefix=echo) == expected
             return
     assert postprocess(raw, ctx, echo_prefix=echo) == expected
+
+
+@pytest.mark.parametrize(("prefix", "suffix", "raw", "word"), [
+    # The copy parts from the lines above at "crc" ("self." is shared).
+    ("def f(self):\n    self.name = 1\n    ", "\n    self.crc = 0\n", "\n    self.crc = 0\n",
+     "crc"),
+    # The first piece of a longer word: "_pending" of "_pendingHandlers".
+    ("x = 1\n", "\nthis._pendingHandlers = {};\n", "\nthis._pendingHandlers = {};",
+     "this"),
+    ("    this._requests = {};\n    ", "\n    this._pendingHandlers = {};\n",
+     "\n    this._pendingHandlers = {};\n", "_pending"),
+    # Not a copy of the next line, or not at a blank line: no second try.
+    ("def f(self):\n    ", "\n    self.crc = 0\n", "\n    self.zlib = 0\n", None),
+    ("def f(self):\n    x = ", "\n    self.crc = 0\n", "self.crc = 0", None),
+    # Only punctuation sets it apart: a ban would not take (tokens glue it to spaces).
+    ("    a = [1,\n    ", "\n    ]\n", "\n    ]\n", None),
+])
+def test_the_word_a_second_try_forbids(prefix: str, suffix: str, raw: str,
+                                        word: str | None) -> None:
+    assert next_line_copy_word(raw, PostContext(prefix, suffix, "python")) == word
+
+
+@pytest.mark.parametrize(("answer", "copy", "swapped"), [
+    ('    return EmptyHeaderError("empty")', '\n    raise EmptyHeaderError("empty")\n', True),
+    ("self.crc = 0", "\n    self.crc = 0\n", True),  # the copy itself
+    ("this.add(new hover_1.Hover(this));", "\nthis.add(new sig_1.Signature(this));", False),
+    ("self.zlib = zlib", "\n    self.crc = zlib.crc32(b'')\n", False),
+])
+def test_a_second_try_that_only_swaps_one_word_of_the_copy_is_dropped(
+        answer: str, copy: str, swapped: bool) -> None:
+    assert swaps_one_word(answer, copy) is swapped

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 
 from qwen_lsp.context import estimate_tokens
@@ -31,17 +32,52 @@ def _window(server: QwenServer, offset: int, budget: int) -> str:
     return fim_prompt(server._context(doc, doc.text, offset, (), manual=False, tokens=budget))
 
 
-def test_a_new_place_is_filled_smallest_window_first_then_larger_ones() -> None:
-    server, view, _ = _server()
-    sizes = []
-    for _ in range(20):
+def test_a_new_place_is_filled_with_the_window_a_request_takes_then_larger_ones() -> None:
+    server, view, offset = _server()
+    view.tokens_per_s = 300.0  # a second buys a few hundred tokens, a chunk about 90
+    doc = server.documents.get(URI)
+    assert doc is not None
+    first = fim_prompt(server._context(doc, doc.text, offset, (), manual=False))
+    assert estimate_tokens(first) < 400  # the window one second of prompt processing buys
+    chunks = []
+    for _ in range(10):
+        prompt = server._next_prefill()
+        assert prompt is not None
+        chunks.append(prompt)
+        view.record(prompt, "", completed=True, first_token_s=None, answered=False)
+        if prompt == first:
+            break
+    assert chunks[-1] == first and len(chunks) > 1  # in chunks, each extending the last
+    assert all(b.startswith(a) for a, b in itertools.pairwise(chunks))
+    filled = [first]
+    for _ in range(80):  # then growth: each larger window, smallest first
         prompt = server._next_prefill()
         if prompt is None:
             break
-        sizes.append(estimate_tokens(prompt))
-        view.record(prompt, "", completed=True, first_token_s=None)
-    assert len(sizes) == len(candidate_budgets(server.settings.context_tokens))
-    assert sizes == sorted(sizes), sizes
+        view.record(prompt, "", completed=True, first_token_s=None, answered=False)
+        if prompt.startswith(filled[-1]):
+            filled[-1] = prompt  # the next chunk of the same window
+        else:
+            filled.append(prompt)
+    sizes = [estimate_tokens(p) for p in filled]
+    assert sizes == sorted(sizes) and len(sizes) >= 3, sizes
+    assert max(sizes) > 1000  # up to the full budget
+
+
+def test_at_the_end_of_a_line_the_prompt_after_enter_is_filled() -> None:
+    server, view, offset = _server()
+    doc = server.documents.get(URI)
+    assert doc is not None
+    end = TEXT.index("\n", offset)  # the end of "def f_200(x):"
+    server.place = (URI, end)
+    entered = TEXT[:end] + "\n    " + TEXT[end:]
+    want = fim_prompt(server._context(doc, entered, end + 5, (), manual=False))
+    assert server._next_prefill() == want  # one chunk: the view is fast
+    # Mid-line there is no Enter to foresee: the prompt at the cursor.
+    server.place = (URI, end - 3)
+    view.forget()
+    assert server._next_prefill() == fim_prompt(
+        server._context(doc, TEXT, end - 3, (), manual=False))
 
 
 def test_a_place_with_a_large_window_ready_grows_it_and_skips_the_smaller_ones() -> None:

@@ -110,6 +110,29 @@ def test_pick_budget_takes_what_is_computed_else_what_fits(
     assert BUDGETS[i] == expected, case
 
 
+def test_a_window_computed_up_to_the_cursor_seam_is_ready_for_a_keystroke() -> None:
+    # A key typed in a word moves the seam: the suffix (tail) is computed again
+    # in any window. The window answered before, computed up to there, is kept
+    # instead of a larger one that fits the limit but is computed from scratch.
+    budgets = [384, 192, 96]
+    costs = [Cost(300, 3, "kv"), Cost(160, 100, "kv", 400, True), Cost(80, 3, "kv")]
+    tails = [55, 55, 55]
+    without = pick_budget(budgets, costs, quick=20, limit=320)
+    assert budgets[without] == 384  # the seam looked like a recompute
+    assert budgets[pick_budget(budgets, costs, quick=20, limit=320, tails=tails)] == 192
+    # Computed short of the seam by more than the quick allowance: not ready.
+    costs[1] = Cost(160, 70, "kv", 280, True)
+    assert budgets[pick_budget(budgets, costs, quick=20, limit=320, tails=tails)] == 384
+
+
+def test_a_small_window_of_mostly_suffix_is_not_ready_when_nothing_is_computed() -> None:
+    # 80 tokens, 70 of them after the seam: only the shared "<|fim_prefix|>"
+    # is cached. The tail allowance must not make it look computed.
+    budgets = [192, 96]
+    costs = [Cost(160, 3, "kv"), Cost(80, 3, "kv")]
+    assert budgets[pick_budget(budgets, costs, quick=20, limit=200, tails=[70, 70])] == 192
+
+
 def test_cost_says_whether_a_request_left_the_cached_prefix() -> None:
     view = EngineView(1 << 30)
     view.record("p" * 400, "", completed=True, first_token_s=None, answered=False)
