@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -40,8 +41,14 @@ from qwen_lsp.postprocess import (
     swaps_one_word,
 )
 from qwen_lsp.pricing import Price
-from qwen_lsp.prompt_cache import Cost, EngineView
-from qwen_lsp.prompts import PartialBlocks, build_request, fim_prompt, partial_blocks
+from qwen_lsp.prompt_cache import Cost, EngineView, prompt_tail_tokens, ready_at_seam
+from qwen_lsp.prompts import (
+    SINGLE_LINE_MAX_TOKENS,
+    PartialBlocks,
+    build_request,
+    fim_prompt,
+    partial_blocks,
+)
 from qwen_lsp.providers.base import Provider, TextDelta, UpstreamError, UpstreamRequest, Usage
 from qwen_lsp.ratelimit import TokenBudget
 from qwen_lsp.stats import Stats
@@ -57,13 +64,16 @@ GAP_QUANTILE = 0.9
 # whole block. Counted from the first token, not from the request: the wait
 # for it is prompt processing, which no early answer can shorten, and a block
 # that arrives at once must not be cut to its complete lines.
-EARLY_ANSWER_S = 0.4
+EARLY_ANSWER_S = 0.25
 # Local engine: a prompt with at most this many tokens left to compute is sent
 # after the shortest debounce.
 QUICK_NEW_TOKENS = 24
 # A request that comes this long after the previous one in its document ends
 # a pause (a jump, Enter after reading, a revisit), not a keystroke in a burst.
 PAUSE_S = 0.5
+# Longest wait for the end of a typing burst before a request goes to the
+# local engine (a little more than the gap between the keys of steady typing).
+LOCAL_MAX_DEBOUNCE_S = 0.25
 # Longest a request waits for a state save in progress (one token from the KV cache).
 KEEP_WAIT_S = 0.5
 
@@ -444,10 +454,12 @@ class Engine:
         if cfg.debounce_ms is not None:
             return cfg.debounce_ms / 1000.0
         lo, hi = cfg.debounce_min_ms / 1000.0, cfg.debounce_max_ms / 1000.0
-        if self.view is not None and self.view.cost(fim_prompt(ctx)).new_tokens <= QUICK_NEW_TOKENS:
-            # The local engine has this prompt all but computed (typing appends
-            # to it): a request that the next key supersedes costs a few
-            # tokens and no money, so there is no pause to wait for.
+        if self.view is not None and ready_at_seam(
+                self.view.cost(fim_prompt(ctx)), prompt_tail_tokens(ctx), QUICK_NEW_TOKENS):
+            # The local engine has this prompt computed up to the cursor (typing
+            # appends to it, or recomputes only the suffix after a key typed in
+            # a word): a request that the next key supersedes costs a fraction
+            # of a second and no money, so there is no pause to wait for.
             return lo
         if self.view is not None and state.after_pause:
             # The local engine, after a pause: a key that follows soon makes a
@@ -467,6 +479,13 @@ class Engine:
         # Mid-word the user is likely to keep typing; after punctuation, a
         # space or at a blank line a suggestion is most useful.
         factor = 1.3 if last.isalnum() or last == "_" else 1.1
+        if self.view is not None:
+            # The local engine: what a request that the next key supersedes has
+            # computed is reused by that key's request (the prompt grows at
+            # the cursor), so a long wait costs the last key more than a
+            # wasted request does. Gaps of reading (a Tab, an answer) must not
+            # turn into a 0.6 s wait after every burst (navigation runs).
+            return max(lo, min(hi, LOCAL_MAX_DEBOUNCE_S, slow_gap * factor))
         # A slow upstream makes a request that the next key supersedes more
         # wasteful (it is usually cancelled before its first token): wait a
         # little longer for a real pause the slower the first token comes.
@@ -683,8 +702,11 @@ class Engine:
         if left <= 0.5 or self.view is None:
             return None
         bias = {word: -100.0 for word in (ban, " " + ban)}
+        # One line: the missing one. (A block here once streamed for 4.5 s.)
+        post = dataclasses.replace(flight.post, multiline=False)
         retry = UpstreamRequest(
-            prompt=request.prompt, messages=request.messages, max_tokens=request.max_tokens,
+            prompt=request.prompt, messages=request.messages,
+            max_tokens=min(request.max_tokens, SINGLE_LINE_MAX_TOKENS),
             temperature=request.temperature, stop=list(request.stop),
             extra={**request.extra, "logit_bias": bias, "logit_bias_type": "tokens"})
         self.stats.second_tries += 1
@@ -704,7 +726,7 @@ class Engine:
                     if isinstance(event, TextDelta):
                         first = first if first is not None else self._clock()
                         text += event.text
-                        if stream_should_stop(text, flight.post):
+                        if stream_should_stop(text, post):
                             break
                 else:
                     ended = True
@@ -720,7 +742,7 @@ class Engine:
                                  first_token_s=None if first is None else first - started,
                                  cost=cost)
         t = time.perf_counter()
-        suggestion = postprocess(text, flight.post, echo_prefix=cfg.mode == "partial")
+        suggestion = postprocess(text, post, echo_prefix=cfg.mode == "partial")
         if suggestion is not None and swaps_one_word(suggestion.text, flight.text):
             suggestion = None
         flight.post_time += time.perf_counter() - t

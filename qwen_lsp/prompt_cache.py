@@ -263,6 +263,18 @@ def candidate_budgets(full_tokens: int) -> list[int]:
     return out
 
 
+def ready_at_seam(cost: Cost, tail: int | None, quick: int) -> bool:
+    """The prompt is computed but for ``quick`` tokens, not counting its ``tail``
+    (the tokens from ``<|fim_suffix|>`` on, which any keystroke at the cursor
+    recomputes; see :func:`pick_budget`)."""
+    if cost.new_tokens <= quick:
+        return True
+    if tail is None:
+        return False
+    head = max(0, cost.prompt_tokens - tail)
+    return head - cost.cached_tokens <= quick and 2 * cost.cached_tokens >= head
+
+
 def pick_budget(budgets: Sequence[int], costs: Sequence[Cost], *, quick: int,
                 limit: int, tails: Sequence[int] | None = None) -> int:
     """Index of the window to send, ``budgets`` largest first with what each
@@ -287,16 +299,8 @@ def pick_budget(budgets: Sequence[int], costs: Sequence[Cost], *, quick: int,
     """
     fits = next((i for i, c in enumerate(costs) if c.new_tokens <= limit), len(costs) - 1)
 
-    def is_ready(i: int) -> bool:
-        c = costs[i]
-        if c.new_tokens <= quick:
-            return True
-        if tails is None:
-            return False
-        head = max(0, c.prompt_tokens - tails[i])
-        return head - c.cached_tokens <= quick and 2 * c.cached_tokens >= head
-
-    ready = next((i for i in range(len(costs)) if is_ready(i)), None)
+    ready = next((i for i, c in enumerate(costs)
+                  if ready_at_seam(c, None if tails is None else tails[i], quick)), None)
     if ready is None:
         return fits
     if costs[ready].answered or budgets[fits] <= GROWTH_WORTH_PAYING * budgets[ready]:

@@ -188,7 +188,7 @@ async def test_a_copy_of_the_next_line_is_asked_again_without_its_word(fake_upst
 
     def reply(rec):
         if "logit_bias" in rec.json:
-            return Reply(text="\n        self.zlib = zlib\n")
+            return Reply(text="\n        self.zlib = zlib\n        self.pos = 0\n")
         return Reply(text="\n        self.crc = zlib.crc32(b'')\n")  # the line below
 
     fake_upstream.reply = reply
@@ -209,6 +209,7 @@ async def test_a_copy_of_the_next_line_is_asked_again_without_its_word(fake_upst
     # The word where the copy parts from the lines above ("self." is shared).
     assert second["logit_bias"] == {"crc": -100.0, " crc": -100.0}
     assert second["logit_bias_type"] == "tokens"
+    assert second["max_tokens"] <= 48  # one line is asked for, and one is shown
     assert second["prompt"] == fake_upstream.requests[0].json["prompt"]
     assert engine.stats.second_tries == 1 and engine.stats.second_try_answers == 1
 
@@ -231,3 +232,35 @@ async def test_a_remote_upstream_gets_no_second_try(fake_upstream) -> None:
         await engine.aclose()
         await provider.aclose()
     assert len(fake_upstream.requests) == 1 and engine.stats.second_tries == 0
+
+
+def test_a_prompt_computed_up_to_the_cursor_seam_is_sent_without_waiting() -> None:
+    # The suffix after the cursor is recomputed whenever the seam moves; what
+    # comes before it is what a pause would be waited for.
+    before = "".join(f"value_{i} = compute({i})\n" for i in range(60)) + "total = "
+    after = "".join(f"\nprint(value_{i}, total, 'and some more text')" for i in range(12))
+    ctx = build_context(before + after, len(before), uri="file:///a.py", path="a.py",
+                        language="python", version=1, context_tokens=256)
+    other = build_context(before + after.replace("print", "show"), len(before),
+                          uri="file:///a.py", path="a.py", language="python", version=1,
+                          context_tokens=256)
+    assert fim_prompt(ctx) != fim_prompt(other) and ctx.fim_prefix == other.fim_prefix
+    view = EngineView(1 << 30)
+    engine = _engine(view)
+    lo = engine.config.debounce_min_ms / 1000.0
+    assert engine.debounce_delay(_typing(), ctx) > lo
+    view.record(fim_prompt(other), "", completed=True, first_token_s=None)
+    assert view.cost(fim_prompt(ctx)).new_tokens > 24  # the whole suffix is new
+    assert engine.debounce_delay(_typing(), ctx) == lo
+
+
+def test_the_local_engine_waits_at_most_a_quarter_second_for_the_end_of_a_burst() -> None:
+    from qwen_lsp.engine import LOCAL_MAX_DEBOUNCE_S
+
+    ctx = _ctx()  # nothing of it computed
+    state = _typing()
+    state.gaps.extend([0.45, 0.5, 0.4, 0.6])  # reading a suggestion, then Tab
+    remote = _engine(None).debounce_delay(state, ctx)
+    local = _engine(EngineView(1 << 30)).debounce_delay(state, ctx)
+    assert remote > LOCAL_MAX_DEBOUNCE_S
+    assert EngineConfig().debounce_min_ms / 1000.0 < local <= LOCAL_MAX_DEBOUNCE_S
