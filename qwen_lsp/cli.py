@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_NONE, EXIT_ERROR = 0, 1, 2
 CLI_LOCAL_BOX_MS = 60000
+# Prompt processing the CLI spends on its one answer when it knows the engine's
+# speed: the engine starts in about a second, and the answer must come within
+# a few more.
+CLI_PROMPT_S = 2.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -183,9 +187,10 @@ async def _complete(location: str, language: str | None) -> int:
     from qwen_lsp.documents import UTF32, Document
     from qwen_lsp.engine import Engine, EngineConfig
     from qwen_lsp.exclude import is_excluded, is_text
-    from qwen_lsp.prompt_cache import STATE_CACHE_BYTES, EngineView, fit_context
+    from qwen_lsp.prompt_cache import STATE_CACHE_BYTES, TARGET_PROMPT_S, EngineView, fit_context
     from qwen_lsp.providers.base import UpstreamError
     from qwen_lsp.settings import NO_BACKEND_MESSAGE, load_settings
+    from qwen_lsp.speed_memory import load_speed, save_speed
 
     try:
         path, line, col = _parse_location(location)
@@ -222,11 +227,17 @@ async def _complete(location: str, language: str | None) -> int:
             context_window=settings.context_size if settings.provider == "local" else None,
         )
 
-    if settings.provider == "local" and settings.adaptive_budget and (
-            settings.effective_mode() == "fim"):
-        # A fresh engine has nothing cached: the window that fits about a second
-        # of prompt processing, so the answer comes within a few seconds.
-        ctx = fit_context(build, EngineView(STATE_CACHE_BYTES), settings.context_tokens)
+    view = EngineView(STATE_CACHE_BYTES) if settings.provider == "local" else None
+    remembered = load_speed() if view is not None else None
+    if view is not None and settings.adaptive_budget and settings.effective_mode() == "fim":
+        # A fresh engine has nothing cached: the window that fits a budget of
+        # prompt processing (CLI_PROMPT_S at the speed measured on this machine
+        # before; about a second at a cautious guess the first time), so the
+        # answer comes within a few seconds, engine start included.
+        if remembered:
+            view.tokens_per_s = remembered
+        ctx = fit_context(build, view, settings.context_tokens,
+                          seconds=CLI_PROMPT_S if remembered else TARGET_PROMPT_S)
     else:
         ctx = build(settings.context_tokens)
     errors: list[UpstreamError] = []
@@ -240,15 +251,21 @@ async def _complete(location: str, language: str | None) -> int:
                      temperature=settings.temperature, stop=tuple(settings.stop),
                      timeout_ms=settings.time_box_ms(),
                      extra_body=backend.extra_body(), early_answers=False,
-                     partial_on_timeout=False, next_line=settings.upstream_is_local()),
+                     partial_on_timeout=False, next_line=settings.upstream_is_local(),
+                     second_tries=settings.provider == "local"),
         backend.provider,
         on_error=errors.append,
+        view=view,
     )
     try:
         suggestion = await engine.complete(ctx)
     finally:
         await engine.aclose()
         await backend.aclose()
+    if view is not None and view.measured and not remembered:
+        # The first measurement on this machine. A cold engine's first prompt
+        # is its slowest, so it never replaces a language server's warm one.
+        save_speed(view.tokens_per_s)
     if errors:
         print(f"qwen-lsp: {errors[0].message}", file=sys.stderr)
         return EXIT_ERROR

@@ -49,7 +49,14 @@ from qwen_lsp.prompts import (
     fim_prompt,
     partial_blocks,
 )
-from qwen_lsp.providers.base import Provider, TextDelta, UpstreamError, UpstreamRequest, Usage
+from qwen_lsp.providers.base import (
+    QWEN_SPECIAL_TOKENS,
+    Provider,
+    TextDelta,
+    UpstreamError,
+    UpstreamRequest,
+    Usage,
+)
 from qwen_lsp.ratelimit import TokenBudget
 from qwen_lsp.stats import Stats
 
@@ -106,6 +113,10 @@ class EngineConfig:
     # instead. Worth it where a new connection costs nothing (an upstream on this
     # machine); a remote one keeps its stop, and its connection.
     next_line: bool = False
+    # The embedded engine (llama-cpp-python, which reads a "tokens" logit bias):
+    # an answer dropped as a copy of the next line is asked for once more
+    # without its word, at no cost but the answer's tokens.
+    second_tries: bool = False
 
 
 @dataclass
@@ -273,6 +284,8 @@ class Engine:
             state.last_request = started
 
         hit = self.cache.get(*_cache_key(ctx))
+        if hit is not None and hit.suggestion is NOTHING and ctx.manual and self.config.second_tries:
+            hit = None  # asked for by hand: the second try may find something
         if hit is not None and hit.suggestion is NOTHING:
             self.stats.cache_hits += 1
             timing.add(t)
@@ -667,10 +680,18 @@ class Engine:
             flight.text, flight.post, echo_prefix=self.config.mode == "partial"
         )
         flight.post_time += time.perf_counter() - t
-        if suggestion is None and error is None and not timed_out and self.view is not None:
-            ban = next_line_copy_word(flight.text[len(flight.lead):], flight.post)
-            if ban is not None:
-                suggestion = await self._second_try(flight, request, ban, sent_at)
+        if suggestion is None and error is None and not timed_out and cfg.second_tries:
+            written = flight.text[len(flight.lead):]
+            bans: tuple[str, ...] = ()
+            word = next_line_copy_word(written, flight.post, anywhere=flight.ctx.manual)
+            if word is not None:
+                bans = (word, " " + word)
+            elif flight.ctx.manual and not written.strip() and request.prompt:
+                # Asked for by hand, and the model ended at once: its best
+                # answer that is not "nothing" (the end tokens forbidden).
+                bans = QWEN_SPECIAL_TOKENS
+            if bans:
+                suggestion = await self._second_try(flight, request, bans, sent_at)
         t = time.perf_counter()
         if timed_out:
             pass  # a cut-off answer is neither the model's suggestion nor "nothing"
@@ -687,10 +708,10 @@ class Engine:
                                            self._clock(), suggestion))
         return suggestion
 
-    async def _second_try(self, flight: _Flight, request: UpstreamRequest, ban: str,
-                          sent_at: float) -> Suggestion | None:
-        """Ask the local engine once more, with ``ban`` forbidden (see
-        :func:`~qwen_lsp.postprocess.next_line_copy_word`).
+    async def _second_try(self, flight: _Flight, request: UpstreamRequest,
+                          bans: tuple[str, ...], sent_at: float) -> Suggestion | None:
+        """Ask the local engine once more, with the tokens of ``bans`` forbidden
+        (see :func:`~qwen_lsp.postprocess.next_line_copy_word`).
 
         The prompt is the one just answered, still in the engine's KV cache:
         this costs only the new answer's tokens, within what is left of the
@@ -699,9 +720,9 @@ class Engine:
         """
         cfg = self.config
         left = cfg.timeout_ms / 1000.0 - (self._clock() - sent_at)
-        if left <= 0.5 or self.view is None:
+        if left <= 0.5:
             return None
-        bias = {word: -100.0 for word in (ban, " " + ban)}
+        bias = dict.fromkeys(bans, -100.0)
         # One line: the missing one. (A block here once streamed for 4.5 s.)
         post = dataclasses.replace(flight.post, multiline=False)
         retry = UpstreamRequest(
@@ -714,7 +735,7 @@ class Engine:
         text = flight.lead
         first: float | None = None
         ended = False
-        cost = self.view.cost(retry.prompt) if retry.prompt else None
+        cost = self.view.cost(retry.prompt) if self.view and retry.prompt else None
         started = self._clock()
         stream = None
         self._flights_up += 1
@@ -737,7 +758,7 @@ class Engine:
             self._flights_up -= 1
             if stream is not None:
                 await _close(stream)
-            if cost is not None and retry.prompt:
+            if cost is not None and self.view is not None and retry.prompt:
                 self.view.record(retry.prompt, text[len(flight.lead):], completed=ended,
                                  first_token_s=None if first is None else first - started,
                                  cost=cost)
@@ -748,7 +769,7 @@ class Engine:
         flight.post_time += time.perf_counter() - t
         if suggestion is not None:
             self.stats.second_try_answers += 1
-        log.debug("second try without %r: %r -> %r", ban, text[:80],
+        log.debug("second try without %r: %r -> %r", bans, text[:80],
                   None if suggestion is None else suggestion.text[:80])
         return suggestion
 

@@ -1177,9 +1177,10 @@ _WORD_PIECE = re.compile(r"_*(?:[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+)")
 _SECOND_TRY_LINES = 40
 
 
-def next_line_copy_word(raw: str, ctx: PostContext) -> str | None:
+def next_line_copy_word(raw: str, ctx: PostContext, *, anywhere: bool = False) -> str | None:
     """At a blank line, when the model wrote the line that already follows: the
-    word to forbid in a second try, else None.
+    word to forbid in a second try, else None. ``anywhere``: at any position
+    (a completion asked for by hand), the copy of the code right of the cursor.
 
     A small model that sees the cursor at a blank line between two lines it
     can predict often skips the missing one and writes the one below (2 of 15
@@ -1189,10 +1190,10 @@ def next_line_copy_word(raw: str, ctx: PostContext) -> str | None:
     "new signatureHelp_1" beside "new completion_1": "signatureHelp")
     leaves the model its second choice, usually the missing line.
     """
-    if ctx.line_prefix.strip() or ctx.line_suffix.strip():
+    if not anywhere and (ctx.line_prefix.strip() or ctx.line_suffix.strip()):
         return None
     first = next((line.strip() for line in raw.split("\n") if line.strip()), "")
-    after = next((line.strip() for line in ctx.following_lines if line.strip()), "")
+    after = next((line.strip() for line in ctx.suffix.split("\n") if line.strip()), "")
     if not first or first != after:
         return None
     above = [line.strip() for line in ctx.prefix.split("\n")[-_SECOND_TRY_LINES:]]

@@ -59,6 +59,7 @@ from qwen_lsp.prompt_cache import (
 from qwen_lsp.prompts import fim_prompt
 from qwen_lsp.providers.base import UpstreamError
 from qwen_lsp.settings import Settings, load_settings
+from qwen_lsp.speed_memory import load_speed, save_speed
 from qwen_lsp.warmup import Warmer
 
 # Answering `initialize` needs none of these: they are imported once the
@@ -217,6 +218,10 @@ class QwenServer(LanguageServer):
         # The local engine: our copy of its prompt cache, the place the user
         # is at (uri, offset), and the background warm-up there.
         self.view = EngineView(STATE_CACHE_BYTES)
+        # The speed measured in an earlier session on this machine, until this
+        # one has measured its own: the first window at a new place fits it.
+        self.view.tokens_per_s = load_speed() or self.view.tokens_per_s
+        self._speed_saved_at = 0  # view.samples when the speed was last written
         self.place: tuple[str, int] | None = None
         self._prefetch: tuple[str, int, str, int, Suggestion, tuple[Snippet, ...]] | None = None
         # The suggestion shown last, which the warm-up computes ahead from:
@@ -333,9 +338,18 @@ class QwenServer(LanguageServer):
             price=price_for(s.model, s.prices) if s.provider != "local" else None,
             max_tokens_per_minute=s.max_tokens_per_minute or None,
             next_line=s.upstream_is_local(),
+            second_tries=s.provider == "local",
         )
 
+    def _remember_speed(self, *, final: bool = False) -> None:
+        """Write the measured engine speed every few samples, and at the end."""
+        view = self.view
+        if view.measured and view.samples >= self._speed_saved_at + (1 if final else 8):
+            self._speed_saved_at = view.samples
+            save_speed(view.tokens_per_s)
+
     async def aclose(self) -> None:
+        self._remember_speed(final=True)
         await self.warmer.aclose()
         if self.engine is not None:
             await self.engine.aclose()
@@ -570,6 +584,7 @@ class QwenServer(LanguageServer):
         """The user is at this place (open, edit, cursor move, request)."""
         self.place = (uri, offset)
         if self.engine is not None and self.engine.view is not None and self.settings.enabled:
+            self._remember_speed()
             ahead = self._ahead
             if ahead is not None and not (
                     ahead[0] == uri and ahead[1] <= offset <= ahead[2] + AHEAD_SLACK_CHARS):

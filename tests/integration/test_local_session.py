@@ -267,8 +267,10 @@ async def test_tab_right_after_a_suggestion_is_answered_by_the_prefetch(tmp_path
         before = await stats(client)
         cursor = text.index("\n        \n") + 9  # line 3, character 8
         before_cursor = (text[:cursor] + shown).split("\n")
+        # Automatic, as an editor asks after an accept (asked for by hand, an
+        # answer of nothing is asked again: see test_engine_local).
         await inline(client, uri, len(before_cursor) - 1,
-                     len(before_cursor[-1].encode("utf-16-le")) // 2)
+                     len(before_cursor[-1].encode("utf-16-le")) // 2, invoked=False)
         after = await stats(client)
     finally:
         await stop_client(client)

@@ -198,7 +198,7 @@ async def test_a_copy_of_the_next_line_is_asked_again_without_its_word(fake_upst
     async def source():
         return provider
 
-    engine = Engine(EngineConfig(), source, view=EngineView(1 << 30))
+    engine = Engine(EngineConfig(second_tries=True), source, view=EngineView(1 << 30))
     try:
         got = await engine.complete(_blank_line_ctx())
     finally:
@@ -225,7 +225,7 @@ async def test_a_remote_upstream_gets_no_second_try(fake_upstream) -> None:
     async def source():
         return provider
 
-    engine = Engine(EngineConfig(), source)  # no view: a remote API bills every try
+    engine = Engine(EngineConfig(), source)  # a remote API bills every try
     try:
         assert await engine.complete(_blank_line_ctx()) is None
     finally:
@@ -264,3 +264,36 @@ def test_the_local_engine_waits_at_most_a_quarter_second_for_the_end_of_a_burst(
     local = _engine(EngineView(1 << 30)).debounce_delay(state, ctx)
     assert remote > LOCAL_MAX_DEBOUNCE_S
     assert EngineConfig().debounce_min_ms / 1000.0 < local <= LOCAL_MAX_DEBOUNCE_S
+
+
+async def test_asked_by_hand_an_answer_of_nothing_is_asked_again_without_the_end(
+        fake_upstream) -> None:
+    from qwen_lsp.providers.base import QWEN_SPECIAL_TOKENS
+    from qwen_lsp.providers.openai import OpenAICompatProvider
+    from tests.fake_upstream import Reply
+
+    fake_upstream.reply = lambda rec: Reply(
+        text=" + offset\n" if "logit_bias" in rec.json else "")
+    provider = OpenAICompatProvider(fake_upstream.openai_base, None, "m",
+                                    connect_timeout=5, read_timeout=5)
+
+    async def source():
+        return provider
+
+    text = "def shift(x, offset):\n    return x\n"
+    engine = Engine(EngineConfig(second_tries=True), source)
+    try:
+        auto = build_context(text, text.index("x\n") + 1, uri="file:///s.py", path="s.py",
+                             language="python", version=1, context_tokens=256)
+        assert await engine.complete(auto) is None  # typing: nothing is an answer
+        manual = build_context(text, text.index("x\n") + 1, uri="file:///s.py",
+                               path="s.py", language="python", version=2,
+                               context_tokens=256, manual=True)
+        got = await engine.complete(manual)
+    finally:
+        await engine.aclose()
+        await provider.aclose()
+    assert got is not None and got.text == " + offset"
+    assert len(fake_upstream.requests) == 3
+    assert fake_upstream.requests[-1].json["logit_bias"] == dict.fromkeys(
+        QWEN_SPECIAL_TOKENS, -100.0)
