@@ -35,7 +35,7 @@ from qwen_lsp.health import UpstreamHealth
 from qwen_lsp.postprocess import (
     PostContext,
     Suggestion,
-    next_line_copy_word,
+    next_line_copy_split,
     postprocess,
     stream_should_stop,
     swaps_one_word,
@@ -682,16 +682,22 @@ class Engine:
         flight.post_time += time.perf_counter() - t
         if suggestion is None and error is None and not timed_out and cfg.second_tries:
             written = flight.text[len(flight.lead):]
-            bans: tuple[str, ...] = ()
-            word = next_line_copy_word(written, flight.post, anywhere=flight.ctx.manual)
-            if word is not None:
-                bans = (word, " " + word)
+            bias: dict[str, float] = {}
+            as_words = True
+            split = next_line_copy_split(written, flight.post, anywhere=flight.ctx.manual)
+            if split is not None:
+                line, at, word = split
+                token = await self._token_at(line, at)
+                if token is not None:
+                    bias, as_words = {str(token): -100.0}, False
+                else:
+                    bias = dict.fromkeys((word, " " + word), -100.0)
             elif flight.ctx.manual and not written.strip() and request.prompt:
                 # Asked for by hand, and the model ended at once: its best
                 # answer that is not "nothing" (the end tokens forbidden).
-                bans = QWEN_SPECIAL_TOKENS
-            if bans:
-                suggestion = await self._second_try(flight, request, bans, sent_at)
+                bias = dict.fromkeys(QWEN_SPECIAL_TOKENS, -100.0)
+            if bias:
+                suggestion = await self._second_try(flight, request, bias, as_words, sent_at)
         t = time.perf_counter()
         if timed_out:
             pass  # a cut-off answer is neither the model's suggestion nor "nothing"
@@ -708,10 +714,27 @@ class Engine:
                                            self._clock(), suggestion))
         return suggestion
 
+    async def _token_at(self, line: str, at: int) -> int | None:
+        """The model's token that covers ``line[at]``, from the engine's tokenizer
+        (the first token in which ``line`` differs from ``line[:at]``)."""
+        provider = await self._provider()
+        token_ids = getattr(provider, "token_ids", None)
+        if token_ids is None:
+            return None
+        whole, head = await token_ids(line), await token_ids(line[:at])
+        if not whole or head is None:
+            return None
+        k = 0
+        while k < min(len(whole), len(head)) and whole[k] == head[k]:
+            k += 1
+        return whole[k] if k < len(whole) else None
+
     async def _second_try(self, flight: _Flight, request: UpstreamRequest,
-                          bans: tuple[str, ...], sent_at: float) -> Suggestion | None:
-        """Ask the local engine once more, with the tokens of ``bans`` forbidden
-        (see :func:`~qwen_lsp.postprocess.next_line_copy_word`).
+                          bias: dict[str, float], as_words: bool,
+                          sent_at: float) -> Suggestion | None:
+        """Ask the local engine once more with ``bias`` (see
+        :func:`~qwen_lsp.postprocess.next_line_copy_split`): token ids, or
+        ``as_words`` strings that llama-cpp-python's server tokenizes itself.
 
         The prompt is the one just answered, still in the engine's KV cache:
         this costs only the new answer's tokens, within what is left of the
@@ -722,14 +745,14 @@ class Engine:
         left = cfg.timeout_ms / 1000.0 - (self._clock() - sent_at)
         if left <= 0.5:
             return None
-        bias = dict.fromkeys(bans, -100.0)
         # One line: the missing one. (A block here once streamed for 4.5 s.)
         post = dataclasses.replace(flight.post, multiline=False)
         retry = UpstreamRequest(
             prompt=request.prompt, messages=request.messages,
             max_tokens=min(request.max_tokens, SINGLE_LINE_MAX_TOKENS),
             temperature=request.temperature, stop=list(request.stop),
-            extra={**request.extra, "logit_bias": bias, "logit_bias_type": "tokens"})
+            extra={**request.extra, "logit_bias": bias,
+                   **({"logit_bias_type": "tokens"} if as_words else {})})
         self.stats.second_tries += 1
         self.stats.upstream_requests += 1
         text = flight.lead
@@ -769,7 +792,7 @@ class Engine:
         flight.post_time += time.perf_counter() - t
         if suggestion is not None:
             self.stats.second_try_answers += 1
-        log.debug("second try without %r: %r -> %r", bans, text[:80],
+        log.debug("second try without %r: %r -> %r", list(bias), text[:80],
                   None if suggestion is None else suggestion.text[:80])
         return suggestion
 

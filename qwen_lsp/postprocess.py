@@ -1178,9 +1178,18 @@ _SECOND_TRY_LINES = 40
 
 
 def next_line_copy_word(raw: str, ctx: PostContext, *, anywhere: bool = False) -> str | None:
-    """At a blank line, when the model wrote the line that already follows: the
-    word to forbid in a second try, else None. ``anywhere``: at any position
-    (a completion asked for by hand), the copy of the code right of the cursor.
+    """The word :func:`next_line_copy_split` points at, or None."""
+    split = next_line_copy_split(raw, ctx, anywhere=anywhere)
+    return None if split is None else split[2]
+
+
+def next_line_copy_split(raw: str, ctx: PostContext, *,
+                         anywhere: bool = False) -> tuple[str, int, str] | None:
+    """At a blank line, when the model wrote the line that already follows:
+    (that line as the model wrote it, the offset in it where it parts from the
+    lines above, the first piece of the word there), for a second try that
+    forbids it; else None. ``anywhere``: at any position (a completion asked
+    for by hand), the copy of the code right of the cursor.
 
     A small model that sees the cursor at a blank line between two lines it
     can predict often skips the missing one and writes the one below (2 of 15
@@ -1192,12 +1201,14 @@ def next_line_copy_word(raw: str, ctx: PostContext, *, anywhere: bool = False) -
     """
     if not anywhere and (ctx.line_prefix.strip() or ctx.line_suffix.strip()):
         return None
-    first = next((line.strip() for line in raw.split("\n") if line.strip()), "")
+    written = next((line for line in raw.split("\n") if line.strip()), "")
+    first = written.strip()
     after = next((line.strip() for line in ctx.suffix.split("\n") if line.strip()), "")
     if not first or first != after:
         return None
     above = [line.strip() for line in ctx.prefix.split("\n")[-_SECOND_TRY_LINES:]]
     shared = max((_common_len(first, line) for line in above if line), default=0)
+    lead = len(written) - len(written.lstrip())
     for m in _TOKENISH.finditer(first):
         if m.end() > shared:
             # The first piece of the word ("signature" of "signatureHelp_1"):
@@ -1205,7 +1216,9 @@ def next_line_copy_word(raw: str, ctx: PostContext, *, anywhere: bool = False) -
             # Punctuation is glued to the spaces around it in the model's
             # tokens (" :", "):"), so forbidding it does not take; no second try.
             piece = _WORD_PIECE.match(m.group())
-            return piece.group() if piece else None
+            if piece is None:
+                return None
+            return written, lead + m.start(), piece.group()
     return None
 
 

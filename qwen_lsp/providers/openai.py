@@ -59,6 +59,23 @@ class OpenAICompatProvider(StreamingProvider):
     def supports_fim(self) -> bool:
         return True
 
+    async def token_ids(self, text: str) -> list[int] | None:
+        """``text`` in the model's tokens, from llama-cpp-python's ``/extras/tokenize``.
+
+        None where the server has no such endpoint (other OpenAI-compatible
+        servers) or anything goes wrong: callers fall back to words.
+        """
+        root = self.base_url.removesuffix("/v1")
+        try:
+            response = await self._http().post(f"{root}/extras/tokenize", json={"input": text},
+                                               headers=self._auth_headers())
+            tokens = response.json().get("tokens") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            return None
+        return tokens
+
     def build(self, request: UpstreamRequest) -> tuple[str, dict[str, Any]]:
         """The URL and JSON body for ``request``."""
         common: dict[str, Any] = {

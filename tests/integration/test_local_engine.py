@@ -93,6 +93,45 @@ async def test_fim_completion_fills_the_body(engine: LocalEngine) -> None:
     assert "a + b" in text or "a+b" in text, text
 
 
+async def test_a_second_try_forbids_the_token_the_copy_parts_at(engine: LocalEngine) -> None:
+    """The engine's tokenizer names the token where a line parts from what came
+    before, and forbidding that token id really changes the model's answer."""
+    from qwen_lsp.engine import Engine, EngineConfig
+    from qwen_lsp.providers.openai import OpenAICompatProvider
+
+    base_url, key = await engine.ensure_started()
+    provider = OpenAICompatProvider(base_url, key, "local", connect_timeout=5, read_timeout=60)
+
+    async def source() -> OpenAICompatProvider:
+        return provider
+
+    head = "        self."
+    prompt = ("<|fim_prefix|>class Reader:\n    def open(self, name):\n        self.name = name"
+              "\n<|fim_suffix|>\n        return self\n<|fim_middle|>" + head)
+    headers = {"Authorization": f"Bearer {key}"}
+
+    async def answer(client: httpx.AsyncClient, extra: dict) -> str:
+        body = {"prompt": prompt, "max_tokens": 6, "temperature": 0, "stop": ["\n"], **extra}
+        res = await client.post(f"{base_url}/completions", json=body, headers=headers)
+        return res.json()["choices"][0]["text"]
+
+    try:
+        async with httpx.AsyncClient(trust_env=False, timeout=60.0) as client:
+            plain = await answer(client, {})
+            assert plain.strip(), plain
+            token = await Engine(EngineConfig(), source)._token_at(head + plain, len(head))
+            assert token is not None
+            root = base_url.removesuffix("/v1")
+            piece = (await client.post(f"{root}/extras/detokenize", json={"tokens": [token]},
+                                       headers=headers)).json()["text"]
+            assert plain.startswith(piece.lstrip(".")) or ("." + plain).startswith(piece), (
+                piece, plain)
+            banned = await answer(client, {"logit_bias": {str(token): -100.0}})
+        assert not banned.startswith(piece.lstrip(".")), (plain, banned, piece)
+    finally:
+        await provider.aclose()
+
+
 async def test_requests_without_the_key_are_refused(engine: LocalEngine) -> None:
     base_url, key = await engine.ensure_started()
     async with httpx.AsyncClient(trust_env=False, timeout=30.0) as client:
