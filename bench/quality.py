@@ -1237,7 +1237,7 @@ prompt processing), so on a busy machine `lsp` may see less code than `raw`;
 `post+comment` adds the candidate filter that drops a comment the model put
 after the code of a line. `lsp-settled` asks again at the same place 6 s later
 (multi-line tasks: the engine answers with the complete lines it has after
-0.4 s and keeps streaming into its cache). Harmful = a shown suggestion that
+0.25 s and keeps streaming into its cache). Harmful = a shown suggestion that
 duplicates the next line or the closers right of the cursor, or breaks a Python
 file that parsed, or has the wrong indentation.
 """
