@@ -115,7 +115,9 @@ class EngineConfig:
     next_line: bool = False
     # The embedded engine (llama-cpp-python, which reads a "tokens" logit bias):
     # an answer dropped as a copy of the next line is asked for once more
-    # without its word, at no cost but the answer's tokens.
+    # without the token where it parts from the lines above (and, asked for by
+    # hand, an answer of nothing without the end tokens), at no cost but the
+    # answer's tokens.
     second_tries: bool = False
 
 
@@ -681,23 +683,13 @@ class Engine:
         )
         flight.post_time += time.perf_counter() - t
         if suggestion is None and error is None and not timed_out and cfg.second_tries:
-            written = flight.text[len(flight.lead):]
-            bias: dict[str, float] = {}
-            as_words = True
-            split = next_line_copy_split(written, flight.post, anywhere=flight.ctx.manual)
-            if split is not None:
-                line, at, word = split
-                token = await self._token_at(line, at)
-                if token is not None:
-                    bias, as_words = {str(token): -100.0}, False
-                else:
-                    bias = dict.fromkeys((word, " " + word), -100.0)
-            elif flight.ctx.manual and not written.strip() and request.prompt:
-                # Asked for by hand, and the model ended at once: its best
-                # answer that is not "nothing" (the end tokens forbidden).
-                bias = dict.fromkeys(QWEN_SPECIAL_TOKENS, -100.0)
-            if bias:
-                suggestion = await self._second_try(flight, request, bias, as_words, sent_at)
+            # Counted as a stream from here: a warm-up step started while the
+            # tokenizer is asked would take the KV cache from the second try.
+            self._flights_up += 1
+            try:
+                suggestion = await self._maybe_second_try(flight, request, sent_at)
+            finally:
+                self._flights_up -= 1
         t = time.perf_counter()
         if timed_out:
             pass  # a cut-off answer is neither the model's suggestion nor "nothing"
@@ -714,10 +706,35 @@ class Engine:
                                            self._clock(), suggestion))
         return suggestion
 
+    async def _maybe_second_try(self, flight: _Flight, request: UpstreamRequest,
+                                sent_at: float) -> Suggestion | None:
+        """The second try for an answer that was dropped, when one is worth it."""
+        written = flight.text[len(flight.lead):]
+        bias: dict[str, float] = {}
+        as_words = True
+        split = next_line_copy_split(written, flight.post, anywhere=flight.ctx.manual)
+        if split is not None:
+            line, at, word = split
+            token = await self._token_at(line, at)
+            if token is not None:
+                bias, as_words = {str(token): -100.0}, False
+            else:
+                bias = dict.fromkeys((word, " " + word), -100.0)
+        elif flight.ctx.manual and not written.strip() and request.prompt:
+            # Asked for by hand, and the model ended at once: its best answer
+            # that is not "nothing" (the end tokens forbidden).
+            bias = dict.fromkeys(QWEN_SPECIAL_TOKENS, -100.0)
+        if not bias:
+            return None
+        return await self._second_try(flight, request, bias, as_words, sent_at)
+
     async def _token_at(self, line: str, at: int) -> int | None:
         """The model's token that covers ``line[at]``, from the engine's tokenizer
         (the first token in which ``line`` differs from ``line[:at]``)."""
-        provider = await self._provider()
+        try:
+            provider = await self._provider()
+        except UpstreamError:
+            return None
         token_ids = getattr(provider, "token_ids", None)
         if token_ids is None:
             return None
@@ -738,8 +755,7 @@ class Engine:
 
         The prompt is the one just answered, still in the engine's KV cache:
         this costs only the new answer's tokens, within what is left of the
-        time box. llama-cpp-python's server turns the words of a ``"tokens"``
-        logit bias into their token ids.
+        time box.
         """
         cfg = self.config
         left = cfg.timeout_ms / 1000.0 - (self._clock() - sent_at)
