@@ -33,6 +33,7 @@ __all__ = [
     "cut_special_tokens",
     "drop_doubled_space",
     "drop_empty",
+    "drop_prose",
     "drop_suffix_copy",
     "fit_leading_newline",
     "keep_header_for_body",
@@ -469,6 +470,53 @@ def cut_special_tokens(text: str, ctx: PostContext) -> str:
         if fence:
             cut = min(cut, max(fence.start() - 1, 0))  # also drop the newline before it
     return text[:cut]
+
+
+# --------------------------------------------------------------------------- 1b. prose
+
+# Languages where a line of English outside comments and strings cannot be code.
+# Data and build formats (YAML, TOML, Makefile, ...) and plain text are left alone.
+_PROSE_CHECKED = (_HASH_COMMENTS | _SLASH_COMMENTS) - frozenset(
+    ["yaml", "toml", "makefile", "dockerfile", "cmake", "json", "jsonc", "proto",
+     "shellscript", "sh", "bash", "zsh", "powershell"])
+_PROSE_WORD = re.compile(r"(?:[A-Za-z][A-Za-z'-]*|`[^`]*`)[,.:;!?]?")
+_PROSE_GLUE = frozenset(
+    "the this that these is are was a an of to which it its you we will be can and for "
+    "with in by as here".split())
+_PROSE_MIN_WORDS = 5
+
+
+def _is_prose(code: str) -> bool:
+    """A sentence: "This code defines a ...". ``code`` is the line's code characters."""
+    words = code.split()
+    if len(words) < _PROSE_MIN_WORDS:
+        return False
+    if not (re.fullmatch(r"[A-Z][a-z]+", words[0]) and re.fullmatch(r"[a-z]+", words[1])):
+        return False
+    if not all(_PROSE_WORD.fullmatch(w) for w in words):
+        return False
+    return sum(w.rstrip(",.:;!?").lower() in _PROSE_GLUE for w in words) >= 2
+
+
+def drop_prose(text: str, ctx: PostContext) -> str:
+    """Cut at the first line that is an English sentence written as code.
+
+    The small model sometimes explains the file instead of continuing it (at
+    the end of a file, most often). Only code characters count: a sentence in
+    a comment or a string is left alone.
+    """
+    lang = ctx.language.lower()
+    if lang not in _PROSE_CHECKED or not text.strip():
+        return text
+    state = _prefix_info(ctx.prefix, lang).state
+    kinds, _ = _classify(text, _syntax(lang), state)
+    start = 0
+    for line in text.split("\n"):
+        code = "".join(ch if kinds[start + i] == "c" else " " for i, ch in enumerate(line))
+        if _is_prose(code):
+            return text[:start].rstrip(" \t\r\n") if start else ""
+        start += len(line) + 1
+    return text
 
 
 # --------------------------------------------------------------------------- 2. prefix echo
@@ -1125,6 +1173,7 @@ Filter = Callable[[str, PostContext], str | Suggestion]
 
 PIPELINE: tuple[Filter, ...] = (
     cut_special_tokens,
+    drop_prose,
     strip_prefix_echo,  # only with echo_prefix=True
     drop_doubled_space,
     fit_leading_newline,
@@ -1261,6 +1310,9 @@ def stream_should_stop(text_so_far: str, ctx: PostContext) -> bool:
         if _FENCE_LINE.search(text):
             return True
     if cut_repetition(text, ctx) != text:
+        return True
+    done = text[: text.rfind("\n") + 1]  # the lines that are complete
+    if done and drop_prose(done, ctx) != done:
         return True
     text = fit_leading_newline(text, ctx)
     if not ctx.multiline:

@@ -12,6 +12,7 @@ from qwen_lsp.postprocess import (
     cut_special_tokens,
     drop_doubled_space,
     drop_empty,
+    drop_prose,
     drop_suffix_copy,
     fit_leading_newline,
     keep_header_for_body,
@@ -957,6 +958,47 @@ def test_keep_header_for_body(raw: str, ctx: PostContext, expected: str) -> None
     assert keep_header_for_body(raw, ctx) == expected
 
 
+# drop_prose ---------------------------------------------------------------------------------
+# The model explains the file instead of continuing it. Only code characters count.
+
+JS_END = PostContext("class Metadata {}\n\n", "", "javascript")
+PY_DEF = PostContext("def f(a, b):\n    ", "\n", "python")
+
+PROSE_CASES = [
+    ("sentence-at-file-end", "This code defines a `Metadata` class that holds it.", JS_END, ""),
+    ("code-then-sentence", "exports.Metadata = Metadata;\n\nThis code defines the class.",
+     JS_END, "exports.Metadata = Metadata;"),
+    ("sentence-in-comment", "// This code defines a class that holds it.", JS_END,
+     "// This code defines a class that holds it."),
+    ("sentence-in-template-string", "x = `This code is the best of the code`", JS_END,
+     "x = `This code is the best of the code`"),
+    ("python-keywords-are-code", "if a is not None and b in c:", PY_DEF,
+     "if a is not None and b in c:"),
+    ("python-boolean-words", "return not a and the is in b", PY_DEF,
+     "return not a and the is in b"),
+    ("docstring", '"""This function returns the sum of a and b."""', PY_DEF,
+     '"""This function returns the sum of a and b."""'),
+    ("python-sentence", "Returns the sum of a and b.", PY_DEF, ""),
+    ("inside-open-docstring", "Returns the sum of a and b.",
+     PostContext('def f(a, b):\n    """', '\n    """\n', "python"),
+     "Returns the sum of a and b."),
+    ("short-phrase", "Hello world", PY_DEF, "Hello world"),
+    ("markdown-untouched", "This file explains the tool.",
+     PostContext("# Title\n\n", "", "markdown"), "This file explains the tool."),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "ctx", "expected"), [c[1:] for c in PROSE_CASES], ids=[c[0] for c in PROSE_CASES]
+)
+def test_drop_prose(raw: str, ctx: PostContext, expected: str) -> None:
+    assert drop_prose(raw, ctx) == expected
+
+
+def test_prose_answer_shows_nothing() -> None:
+    assert postprocess("This code defines a `Metadata` class that holds it.\n", JS_END) is None
+
+
 # stream_should_stop -------------------------------------------------------------------------
 
 STREAM_CASES = [
@@ -990,6 +1032,8 @@ STREAM_CASES = [
     ("repetition-loop", "log(x)\n    log(x)\n    log(x)\n", PY_BODY, True),
     ("body-in-progress", "for v in xs:\n        y += v\n", PY_BODY, False),
     ("first-line-in-progress", "return a +", PY_ADD, False),
+    ("prose-line-complete", "This code defines a class that holds the data.\n", JS_END, True),
+    ("prose-line-arriving", "This code defines a class that", JS_END, False),
 ]
 
 
