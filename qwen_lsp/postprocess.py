@@ -481,8 +481,7 @@ _PROSE_CHECKED = (_HASH_COMMENTS | _SLASH_COMMENTS) - frozenset(
      "shellscript", "sh", "bash", "zsh", "powershell"])
 _PROSE_WORD = re.compile(r"(?:[A-Za-z][A-Za-z'-]*|`[^`]*`)[,.:;!?]?")
 _PROSE_GLUE = frozenset(
-    "the this that these is are was a an of to which it its you we will be can and for "
-    "with in by as here".split())
+    ["the", "this", "that", "these", "is", "are", "was", "a", "an", "of", "to", "which", "it", "its", "you", "we", "will", "be", "can", "and", "for", "with", "in", "by", "as", "here"])
 _PROSE_MIN_WORDS = 5
 
 
