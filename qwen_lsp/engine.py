@@ -382,11 +382,13 @@ class Engine:
         sent_at = self._clock()
         first: float | None = None
         text = ""
+        ready_at = sent_at
         ended = False
         self._flights_up += 1
         stream = None
         try:
             provider = await self._provider()
+            ready_at = self._clock()  # an engine start is not prompt processing
             stream = provider.stream(request)
             async with asyncio.timeout(cfg.timeout_ms / 1000.0):
                 async for event in stream:
@@ -403,7 +405,7 @@ class Engine:
             # The one token comes right after the prompt: the whole request
             # is prompt processing (plus the engine saving its state).
             self.view.record(prompt, text, completed=ended,
-                             first_token_s=(first or self._clock()) - sent_at if ended else None,
+                             first_token_s=(first or self._clock()) - ready_at if ended else None,
                              cost=cost, answered=answered)
         return ended
 
@@ -597,6 +599,7 @@ class Engine:
         usage: Usage | None = None
         sent_at = self._clock()
         first_token: float | None = None
+        ready_at = sent_at
         error: UpstreamError | None = None
         timed_out = False
         ended = False  # the stream ran to its end (the local engine then saves its state)
@@ -605,6 +608,7 @@ class Engine:
         self._flights_up += 1
         try:
             provider = await self._provider()
+            ready_at = self._clock()  # an engine start is not prompt processing
             stream = provider.stream(request)
             async with asyncio.timeout(cfg.timeout_ms / 1000.0):
                 async for event in stream:
@@ -651,7 +655,7 @@ class Engine:
             if cost is not None and self.view is not None and request.prompt:
                 self.view.record(request.prompt, written, completed=ended,
                                  first_token_s=None if first_token is None
-                                 else first_token - sent_at, cost=cost)
+                                 else first_token - ready_at, cost=cost)
                 if not ended and first_token is not None and not timed_out:
                     self._keep_soon(request.prompt)
             self.health.release()
@@ -780,6 +784,7 @@ class Engine:
         self._flights_up += 1
         try:
             provider = await self._provider()
+            started = self._clock()
             stream = provider.stream(retry)
             async with asyncio.timeout(left):
                 async for event in stream:

@@ -297,3 +297,31 @@ async def test_asked_by_hand_an_answer_of_nothing_is_asked_again_without_the_end
     assert len(fake_upstream.requests) == 3
     assert fake_upstream.requests[-1].json["logit_bias"] == dict.fromkeys(
         QWEN_SPECIAL_TOKENS, -100.0)
+
+
+async def test_the_engine_start_is_not_counted_as_prompt_processing(fake_upstream) -> None:
+    # The first request of `qwen-lsp complete` starts the engine. Counted in,
+    # the 3-4 s start made a 30-token prompt look like 7 tokens/s, and that
+    # figure was remembered for the next runs.
+    from qwen_lsp.providers.openai import OpenAICompatProvider
+    from tests.fake_upstream import Reply
+
+    fake_upstream.reply = Reply(text="sum(values)\n")
+    provider = OpenAICompatProvider(fake_upstream.openai_base, None, "m",
+                                    connect_timeout=5, read_timeout=5)
+    clock = [100.0]
+
+    async def source():
+        clock[0] += 30.0  # the engine takes 30 s (of this clock) to start
+        return provider
+
+    view = EngineView(1 << 30)
+    engine = Engine(EngineConfig(), source, view=view, clock=lambda: clock[0])
+    try:
+        assert await engine.complete(_ctx()) is not None
+    finally:
+        await engine.aclose()
+        await provider.aclose()
+    assert view.measured
+    # Counted in, 30 s for a ~250-token prompt: under 10 tokens/s.
+    assert view.tokens_per_s > 1000
