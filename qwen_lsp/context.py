@@ -123,10 +123,14 @@ class CompletionContext:
 
 
 def ends_finished_line(line_prefix: str, line_suffix: str) -> bool:
-    """The cursor ends a line of code that does not go on on the next line
-    (the next line may be offered there)."""
+    """The cursor ends a line of code after which the next line is what comes
+    (the next line may be offered there): a statement that is complete, or an
+    item of a list or argument list that ends with its comma. Not a line that
+    goes on where it is (``x = ``, ``a +``, ``foo(``)."""
     code = line_prefix.rstrip()
-    return bool(code) and not line_suffix.strip() and not code.endswith(LINE_CONTINUES)
+    if not code or line_suffix.strip():
+        return False
+    return code.endswith(",") or not code.endswith(LINE_CONTINUES)
 
 
 def after_enter(text: str, offset: int, unit: str) -> tuple[str, int] | None:

@@ -133,6 +133,25 @@ def test_next_line_drops_the_newline_stop_at_a_line_end_only() -> None:
         assert ("\n" in on.stop) is stops_when_on
 
 
+@pytest.mark.parametrize(("line", "offers_next"), [
+    ('    "data": "starts here",', True),  # an item with its comma: the next item is below
+    ("    total = ", False),  # the statement goes on where it is
+    ("    y = a +", False),
+    ("    y = g(", False),
+    ("    y = g(x)", True),
+])
+def test_the_next_line_is_offered_after_a_line_that_ends_with_its_comma(
+        line: str, offers_next: bool) -> None:
+    # Stopped at "\n", the model's answer there was nothing ("qwen-lsp complete"
+    # at the end of such a line printed nothing, the end tokens forbidden or not).
+    src = f"def f(x):\n    d = {{\n{line}\n    }}\n"
+    offset = src.index(line) + len(line)
+    ctx = build_context(src, offset, uri="file:///ws/f.py", path="f.py", language="python",
+                        version=1, context_tokens=512, multiline_setting="never")
+    on = build_request(ctx, mode="fim", max_tokens=64, temperature=0.0, next_line=True)
+    assert ("\n" not in on.stop) is offers_next
+
+
 def test_stop_sequences_do_not_repeat() -> None:
     assert stop_sequences("fim", ("<|endoftext|>", "x")) == [*QWEN_SPECIAL_TOKENS, "x"]
     assert stop_sequences("partial", ("x", "")) == ["x"]
