@@ -270,6 +270,9 @@ async def _complete(location: str, language: str | None) -> int:
         print(f"qwen-lsp: {errors[0].message}", file=sys.stderr)
         return EXIT_ERROR
     if suggestion is None:
+        # Said, so that a script or a person can tell "nothing" from a failure.
+        print(f"qwen-lsp: no suggestion at {path}:{line}:{col}: the model's answers there "
+              "were empty or the code that is already there", file=sys.stderr)
         return EXIT_NONE
     sys.stdout.write(suggestion.text + ("" if suggestion.text.endswith("\n") else "\n"))
     return EXIT_OK

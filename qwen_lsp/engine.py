@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qwen_lsp.cache import CompletionCache
-from qwen_lsp.context import CompletionContext, estimate_tokens
+from qwen_lsp.context import CompletionContext, ends_finished_line, estimate_tokens
 from qwen_lsp.context_cache import NO_MARKS, CachePlan, ExplicitCache
 from qwen_lsp.health import UpstreamHealth
 from qwen_lsp.postprocess import (
@@ -83,6 +84,14 @@ PAUSE_S = 0.5
 LOCAL_MAX_DEBOUNCE_S = 0.25
 # Longest a request waits for a state save in progress (one token from the KV cache).
 KEEP_WAIT_S = 0.5
+# Asked for by hand (the CLI, an invoked completion), a dropped answer is
+# followed by the model's next choice: at most this many more answers, and no
+# new one once this long has passed since the first answer ended (each costs
+# only its own tokens: the prompt is still in the engine's KV cache).
+MANUAL_TRIES = 4
+MANUAL_RETRY_S = 2.0
+# The first word of an answer, or its first mark when it starts with one.
+_FIRST_WORD = re.compile(r"\w+|[^\w\s]+")
 
 
 @dataclass
@@ -712,70 +721,105 @@ class Engine:
 
     async def _maybe_second_try(self, flight: _Flight, request: UpstreamRequest,
                                 sent_at: float) -> Suggestion | None:
-        """The second try for an answer that was dropped, when one is worth it."""
-        written = flight.text[len(flight.lead):]
-        bias: dict[str, float] = {}
-        as_words = True
-        split = next_line_copy_split(written, flight.post, anywhere=flight.ctx.manual)
-        if split is not None:
-            line, at, word = split
-            token = await self._token_at(line, at)
-            if token is not None:
-                bias, as_words = {str(token): -100.0}, False
-            else:
-                bias = dict.fromkeys((word, " " + word), -100.0)
-        elif flight.ctx.manual and not written.strip() and request.prompt:
-            # Asked for by hand, and the model ended at once: its best answer
-            # that is not "nothing" (the end tokens forbidden).
-            bias = dict.fromkeys(QWEN_SPECIAL_TOKENS, -100.0)
-        if not bias:
-            return None
-        return await self._second_try(flight, request, bias, as_words, sent_at)
+        """Ask again for an answer that was dropped, when another is worth having.
 
-    async def _token_at(self, line: str, at: int) -> int | None:
-        """The model's token that covers ``line[at]``, from the engine's tokenizer
-        (the first token in which ``line`` differs from ``line[:at]``)."""
+        While typing: once, at a blank line where the model copied the line
+        below. Asked for by hand (the CLI, an invoked completion) the user wants
+        a suggestion where the cursor is, so each dropped answer's first token of
+        its own is forbidden in turn: the model's next choice each time, up to
+        MANUAL_TRIES answers in MANUAL_RETRY_S.
+        """
+        # In the middle of a line of code, an answer forced out of the model
+        # is glued into that code ("b.denominator.numerator"): only its first.
+        manual = flight.ctx.manual and _room_for_a_line(flight.post)
+        deadline = self._clock() + MANUAL_RETRY_S
+        written = flight.text[len(flight.lead):]
+        if not manual and next_line_copy_split(written, flight.post) is None:
+            return None
+        provider = await self._provider_or_none()
+        as_words = provider is None or await _token_ids(provider, "\n") is None
+        bias: dict[str, float] = {}
+        enter = ""
+        for _ in range(MANUAL_TRIES if manual else 1):
+            more = await self._forbidden(provider, written, flight, as_words)
+            if (not enter and manual and request.prompt and written.strip()
+                    and written[:1] not in ("\n", "\r")):
+                # At the end of a finished line the model went on with the line
+                # (a trailing comment, then the line below): ask for a line of
+                # its own.
+                enter = _enter_lead(flight.post)
+            if not enter and (not more or more.keys() <= bias.keys()):
+                return None  # nothing new to forbid: the same answer would come
+            bias.update(more)
+            suggestion, answer = await self._second_try(flight, request, bias, as_words,
+                                                        sent_at, enter)
+            if suggestion is not None or answer is None or self._clock() >= deadline:
+                return suggestion
+            written = answer
+        return None
+
+    async def _provider_or_none(self) -> Any:
         try:
-            provider = await self._provider()
+            return await self._provider()
         except UpstreamError:
             return None
-        token_ids = getattr(provider, "token_ids", None)
-        if token_ids is None:
-            return None
-        whole, head = await token_ids(line), await token_ids(line[:at])
-        if not whole or head is None:
-            return None
-        k = 0
-        while k < min(len(whole), len(head)) and whole[k] == head[k]:
-            k += 1
-        return whole[k] if k < len(whole) else None
+
+    async def _forbidden(self, provider: Any, written: str, flight: _Flight,
+                         as_words: bool) -> dict[str, float]:
+        """What a retry forbids after the dropped answer ``written``: token ids
+        (or, ``as_words``, strings the engine tokenizes itself)."""
+        manual = flight.ctx.manual and _room_for_a_line(flight.post)
+        split = next_line_copy_split(written, flight.post, anywhere=manual)
+        if split is not None:
+            # A copy of the code below: the token where it parts from the lines above.
+            line, at, word = split
+            if as_words:
+                return dict.fromkeys((word, " " + word), -100.0)
+            token = await _token_covering(provider, line, at)
+            return {} if token is None else {str(token): -100.0}
+        if not manual:
+            return {}
+        if not written.strip():
+            # The model ended at once: its best answer that is not "nothing".
+            if as_words:
+                return dict.fromkeys(QWEN_SPECIAL_TOKENS, -100.0)
+            ids = [await _token_ids(provider, name) for name in QWEN_SPECIAL_TOKENS]
+            return {str(t[0]): -100.0 for t in ids if t is not None and len(t) == 1}
+        # Dropped for another reason (a copy bent out of shape, a header with
+        # no body, text that breaks the line): the answer's first own token.
+        at = len(written) - len(written.lstrip())
+        if as_words:
+            word = _FIRST_WORD.match(written, at)
+            return {} if word is None else dict.fromkeys(
+                (word.group(), " " + word.group()), -100.0)
+        token = await _token_covering(provider, written, at)
+        return {} if token is None else {str(token): -100.0}
 
     async def _second_try(self, flight: _Flight, request: UpstreamRequest,
                           bias: dict[str, float], as_words: bool,
-                          sent_at: float) -> Suggestion | None:
+                          sent_at: float, enter: str = "") -> tuple[Suggestion | None, str | None]:
         """Ask the local engine once more with ``bias`` (see
-        :func:`~qwen_lsp.postprocess.next_line_copy_split`): token ids, or
-        ``as_words`` strings that llama-cpp-python's server tokenizes itself.
-
-        The prompt is the one just answered, still in the engine's KV cache:
-        this costs only the new answer's tokens, within what is left of the
-        time box.
-        """
+        :meth:`_forbidden`): token ids, or ``as_words`` strings that
+        llama-cpp-python's server tokenizes itself. Returns the suggestion, and
+        what the model wrote (for the next try when it is dropped; None when
+        the try failed). ``enter``: a line break and indentation that the
+        answer starts with (the prompt is extended by it)."""
         cfg = self.config
         left = cfg.timeout_ms / 1000.0 - (self._clock() - sent_at)
         if left <= 0.5:
-            return None
+            return None, None
         # One line: the missing one. (A block here once streamed for 4.5 s.)
         post = dataclasses.replace(flight.post, multiline=False)
         retry = UpstreamRequest(
-            prompt=request.prompt, messages=request.messages,
+            prompt=request.prompt + enter, messages=request.messages,
             max_tokens=min(request.max_tokens, SINGLE_LINE_MAX_TOKENS),
             temperature=request.temperature, stop=list(request.stop),
             extra={**request.extra, "logit_bias": bias,
                    **({"logit_bias_type": "tokens"} if as_words else {})})
         self.stats.second_tries += 1
         self.stats.upstream_requests += 1
-        text = flight.lead
+        lead = flight.lead + enter
+        text = lead
         first: float | None = None
         ended = False
         cost = self.view.cost(retry.prompt) if self.view and retry.prompt else None
@@ -797,25 +841,26 @@ class Engine:
                     ended = True
         except (UpstreamError, TimeoutError) as exc:
             log.debug("second try failed: %s", exc)
-            return None
+            return None, None
         finally:
             self._flights_up -= 1
             if stream is not None:
                 await _close(stream)
             if cost is not None and self.view is not None and retry.prompt:
-                self.view.record(retry.prompt, text[len(flight.lead):], completed=ended,
+                self.view.record(retry.prompt, text[len(lead):], completed=ended,
                                  first_token_s=None if first is None else first - started,
                                  cost=cost)
         t = time.perf_counter()
         suggestion = postprocess(text, post, echo_prefix=cfg.mode == "partial")
-        if suggestion is not None and swaps_one_word(suggestion.text, flight.text):
-            suggestion = None
+        if suggestion is not None and (swaps_one_word(suggestion.text, flight.text)
+                                       or swaps_one_word(suggestion.text, flight.post.suffix)):
+            suggestion = None  # the code below bent out of shape
         flight.post_time += time.perf_counter() - t
         if suggestion is not None:
             self.stats.second_try_answers += 1
         log.debug("second try without %r: %r -> %r", list(bias), text[:80],
                   None if suggestion is None else suggestion.text[:80])
-        return suggestion
+        return suggestion, text[len(lead):]
 
     def _request(
         self, ctx: CompletionContext, blocks: PartialBlocks | None, plan: CachePlan
@@ -856,6 +901,33 @@ class Engine:
             self.stats.cached_tokens += usage.cached_tokens
         self.stats.record_usage(usage, self.config.price, now)
         TokenBudget.settle(reservation, usage.prompt_tokens + usage.completion_tokens)
+
+
+def _room_for_a_line(post: PostContext) -> bool:
+    """The cursor is where a suggestion can be written in: before the code of
+    its line, or after it with at most closers and punctuation to its right."""
+    return not post.line_prefix.strip() or not post.line_suffix.strip(" \t\r)]};:,'\"")
+
+
+def _enter_lead(post: PostContext) -> str:
+    """At the end of a finished line: a line break ("" elsewhere). The model
+    writes the indentation: spaces glue to the word after them in its tokens,
+    so a prompt that ended with them would get one space too many."""
+    if not ends_finished_line(post.line_prefix, post.line_suffix):
+        return ""
+    return "\n"
+
+
+async def _token_ids(provider: Any, text: str) -> list[int] | None:
+    """``text`` in the engine's tokens, where its server can say (llama-cpp-python)."""
+    ask = getattr(provider, "token_ids", None)
+    return None if ask is None else await ask(text)
+
+
+async def _token_covering(provider: Any, text: str, at: int) -> int | None:
+    """The engine's token that covers ``text[at]``, where its server can say."""
+    ask = getattr(provider, "token_covering", None)
+    return None if ask is None else await ask(text, at)
 
 
 def _prompt_estimate(request: UpstreamRequest) -> int:

@@ -76,6 +76,41 @@ class OpenAICompatProvider(StreamingProvider):
             return None
         return tokens
 
+    async def _detokenize(self, tokens: list[int]) -> str | None:
+        """``tokens`` as text, from llama-cpp-python's ``/extras/detokenize``;
+        None where that fails (the server decodes strictly, so a prefix that
+        ends inside a multi-byte character is refused)."""
+        root = self.base_url.removesuffix("/v1")
+        try:
+            response = await self._http().post(f"{root}/extras/detokenize",
+                                               json={"tokens": tokens},
+                                               headers=self._auth_headers())
+            text = response.json().get("text") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        return text if isinstance(text, str) else None
+
+    async def token_covering(self, text: str, at: int) -> int | None:
+        """The id of the model's token that covers ``text[at]``, as the engine's
+        tokenizer splits ``text``; None where the server cannot say.
+
+        Spaces glue to the word after them in Qwen's tokens ("    while" is
+        "   " + " while"), so the token that starts a word is found by where
+        each token ends, not by tokenizing ``text[:at]`` alone.
+        """
+        tokens = await self.token_ids(text)
+        if not tokens or not 0 <= at < len(text):
+            return None
+        for end in range(1, len(tokens) + 1):
+            head = await self._detokenize(tokens[:end])
+            if head is None:
+                continue  # inside a multi-byte character: the next prefix says
+            if not text.startswith(head):
+                return None  # a tokenizer that does not round-trip this text
+            if len(head) > at:
+                return tokens[end - 1]
+        return None
+
     def build(self, request: UpstreamRequest) -> tuple[str, dict[str, Any]]:
         """The URL and JSON body for ``request``."""
         common: dict[str, Any] = {

@@ -56,6 +56,7 @@ def test_complete_exits_1_when_there_is_nothing(tmp_path) -> None:
     with FakeUpstream(Reply(text="   ")) as fake:
         res = _run(["complete", f"{f}:2:5"], openai_env(tmp_path, fake.openai_base))
     assert res.returncode == 1 and res.stdout == ""
+    assert f"no suggestion at {f}:2:5" in res.stderr
 
 
 def test_complete_never_prints_a_cut_off_answer(tmp_path) -> None:

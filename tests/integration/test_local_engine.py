@@ -96,15 +96,10 @@ async def test_fim_completion_fills_the_body(engine: LocalEngine) -> None:
 async def test_a_second_try_forbids_the_token_the_copy_parts_at(engine: LocalEngine) -> None:
     """The engine's tokenizer names the token where a line parts from what came
     before, and forbidding that token id really changes the model's answer."""
-    from qwen_lsp.engine import Engine, EngineConfig
     from qwen_lsp.providers.openai import OpenAICompatProvider
 
     base_url, key = await engine.ensure_started()
     provider = OpenAICompatProvider(base_url, key, "local", connect_timeout=5, read_timeout=60)
-
-    async def source() -> OpenAICompatProvider:
-        return provider
-
     head = "        self."
     prompt = ("<|fim_prefix|>class Reader:\n    def open(self, name):\n        self.name = name"
               "\n<|fim_suffix|>\n        return self\n<|fim_middle|>" + head)
@@ -119,7 +114,7 @@ async def test_a_second_try_forbids_the_token_the_copy_parts_at(engine: LocalEng
         async with httpx.AsyncClient(trust_env=False, timeout=60.0) as client:
             plain = await answer(client, {})
             assert plain.strip(), plain
-            token = await Engine(EngineConfig(), source)._token_at(head + plain, len(head))
+            token = await provider.token_covering(head + plain, len(head))
             assert token is not None
             root = base_url.removesuffix("/v1")
             piece = (await client.post(f"{root}/extras/detokenize", json={"tokens": [token]},
@@ -130,6 +125,29 @@ async def test_a_second_try_forbids_the_token_the_copy_parts_at(engine: LocalEng
         assert not banned.startswith(piece.lstrip(".")), (plain, banned, piece)
     finally:
         await provider.aclose()
+
+
+async def test_the_token_that_covers_a_word_after_indentation_is_the_word(
+        engine: LocalEngine) -> None:
+    """Spaces glue to the word after them in Qwen's tokens ("   " + " while"):
+    the token at the word's first letter is the word, not the indentation
+    (tokenizing the text before it alone would name a run of spaces)."""
+    from qwen_lsp.providers.openai import OpenAICompatProvider
+
+    base_url, key = await engine.ensure_started()
+    provider = OpenAICompatProvider(base_url, key, "local", connect_timeout=5, read_timeout=60)
+    try:
+        line = "        while frame:"
+        token = await provider.token_covering(line, line.index("while"))
+        alone = await provider.token_ids(line[: line.index("while")])
+        async with httpx.AsyncClient(trust_env=False, timeout=60.0) as client:
+            piece = (await client.post(f"{base_url.removesuffix('/v1')}/extras/detokenize",
+                                       json={"tokens": [token]},
+                                       headers={"Authorization": f"Bearer {key}"})).json()["text"]
+    finally:
+        await provider.aclose()
+    assert piece.strip() == "while", piece
+    assert alone is not None and token not in alone
 
 
 async def test_requests_without_the_key_are_refused(engine: LocalEngine) -> None:

@@ -294,7 +294,8 @@ async def test_asked_by_hand_an_answer_of_nothing_is_asked_again_without_the_end
         await engine.aclose()
         await provider.aclose()
     assert got is not None and got.text == " + offset"
-    assert len(fake_upstream.requests) == 3
+    # (The engine's tokenizer was asked too: this server has none, so words are sent.)
+    assert len(_completions(fake_upstream)) == 3
     assert fake_upstream.requests[-1].json["logit_bias"] == dict.fromkeys(
         QWEN_SPECIAL_TOKENS, -100.0)
 
@@ -325,3 +326,86 @@ async def test_the_engine_start_is_not_counted_as_prompt_processing(fake_upstrea
     assert view.measured
     # Counted in, 30 s for a ~250-token prompt: under 10 tokens/s.
     assert view.tokens_per_s > 1000
+
+
+def _completions(fake_upstream) -> list:
+    """The completion requests the fake server got (not the tokenizer probes)."""
+    return [r for r in fake_upstream.requests if r.path.endswith("/completions")]
+
+
+async def _ask_by_hand(fake_upstream, reply, text: str, at: int):
+    from qwen_lsp.providers.openai import OpenAICompatProvider
+
+    fake_upstream.reply = reply
+    provider = OpenAICompatProvider(fake_upstream.openai_base, None, "m",
+                                    connect_timeout=5, read_timeout=5)
+
+    async def source():
+        return provider
+
+    engine = Engine(EngineConfig(second_tries=True, next_line=True), source)
+    try:
+        ctx = build_context(text, at, uri="file:///f.py", path="f.py", language="python",
+                            version=1, context_tokens=256, manual=True)
+        return await engine.complete(ctx), engine
+    finally:
+        await engine.aclose()
+        await provider.aclose()
+
+
+async def test_asked_by_hand_at_a_line_end_the_model_is_asked_for_a_line_of_its_own(
+        fake_upstream) -> None:
+    """A trailing comment followed by the line below is dropped; the next try
+    starts a new line, and its copy of the line below is forbidden in turn."""
+    from tests.fake_upstream import Reply
+
+    text = "def f(x):\n    y = x + 1\n    return y\n"
+
+    def reply(rec):
+        bias = rec.json.get("logit_bias") or {}
+        if not bias:
+            return Reply(text="  # add one\n    return y\n")
+        if not rec.json["prompt"].endswith("\n"):
+            return Reply(text="  # one more\n")
+        return Reply(text="    print(y)\n" if "return" in bias else "    return y\n")
+
+    got, engine = await _ask_by_hand(fake_upstream, reply, text, text.index(" + 1") + 4)
+    sent = _completions(fake_upstream)
+    assert got is not None and got.text == "\n    print(y)"
+    assert len(sent) == 3
+    assert sent[1].json["prompt"] == sent[0].json["prompt"] + "\n"
+    assert sent[2].json["prompt"] == sent[1].json["prompt"]
+    # Each try keeps what the earlier ones forbade.
+    assert set(sent[1].json["logit_bias"]) == {"#", " #"}
+    assert set(sent[2].json["logit_bias"]) == {"#", " #", "return", " return"}
+    assert engine.stats.second_tries == 2 and engine.stats.second_try_answers == 1
+
+
+async def test_asked_by_hand_the_tries_end_after_a_few_answers(fake_upstream) -> None:
+    from qwen_lsp.engine import MANUAL_TRIES
+    from tests.fake_upstream import Reply
+
+    text = "def f(x):\n    \n    return x\n"
+    words = iter(f"word{i}" for i in range(20))
+
+    # The line below, then that line with its first word changed: all dropped,
+    # and each try forbids a word of its own.
+    got, engine = await _ask_by_hand(
+        fake_upstream, lambda rec: Reply(text=f"    {next(words)} x\n" if rec.json.get(
+            "logit_bias") else "    return x\n"),
+        text, text.index("    \n") + 4)
+    assert got is None
+    assert len(_completions(fake_upstream)) == 1 + MANUAL_TRIES
+    assert engine.stats.second_tries == MANUAL_TRIES
+
+
+async def test_asked_by_hand_in_the_middle_of_code_no_answer_is_forced(fake_upstream) -> None:
+    """A copy of the code right of the cursor, mid-line, says the line is
+    complete: forcing another answer would glue it into the code."""
+    from tests.fake_upstream import Reply
+
+    text = "def f(b):\n    nb, db = b.numerator, b.denominator\n"
+    got, engine = await _ask_by_hand(fake_upstream, Reply(text=".numerator, b.denominator"),
+                                     text, text.index(".numerator"))
+    assert got is None
+    assert len(_completions(fake_upstream)) == 1 and engine.stats.second_tries == 0
