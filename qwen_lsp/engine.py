@@ -90,6 +90,8 @@ KEEP_WAIT_S = 0.5
 # only its own tokens: the prompt is still in the engine's KV cache).
 MANUAL_TRIES = 4
 MANUAL_RETRY_S = 2.0
+# ... and a try started before that time may go on this much longer.
+SECOND_TRY_GRACE_S = 0.5
 # The first word of an answer, or its first mark when it starts with one.
 _FIRST_WORD = re.compile(r"\w+|[^\w\s]+")
 
@@ -128,6 +130,9 @@ class EngineConfig:
     # hand, an answer of nothing without the end tokens), at no cost but the
     # answer's tokens.
     second_tries: bool = False
+    # Asked for by hand: no further try starts, and none goes on, this many
+    # seconds after the request (the CLI's promise of an answer in a few seconds).
+    manual_budget_s: float | None = None
 
 
 @dataclass
@@ -733,6 +738,8 @@ class Engine:
         # is glued into that code ("b.denominator.numerator"): only its first.
         manual = flight.ctx.manual and _room_for_a_line(flight.post)
         deadline = self._clock() + MANUAL_RETRY_S
+        if self.config.manual_budget_s is not None:
+            deadline = min(deadline, sent_at + self.config.manual_budget_s)
         written = flight.text[len(flight.lead):]
         if not manual and next_line_copy_split(written, flight.post) is None:
             return None
@@ -751,8 +758,10 @@ class Engine:
             if not enter and (not more or more.keys() <= bias.keys()):
                 return None  # nothing new to forbid: the same answer would come
             bias.update(more)
+            if manual and self._clock() >= deadline:
+                return None
             suggestion, answer = await self._second_try(flight, request, bias, as_words,
-                                                        sent_at, enter)
+                                                        sent_at, enter, deadline)
             if suggestion is not None or answer is None or self._clock() >= deadline:
                 return suggestion
             written = answer
@@ -797,7 +806,8 @@ class Engine:
 
     async def _second_try(self, flight: _Flight, request: UpstreamRequest,
                           bias: dict[str, float], as_words: bool,
-                          sent_at: float, enter: str = "") -> tuple[Suggestion | None, str | None]:
+                          sent_at: float, enter: str = "",
+                          deadline: float | None = None) -> tuple[Suggestion | None, str | None]:
         """Ask the local engine once more with ``bias`` (see
         :meth:`_forbidden`): token ids, or ``as_words`` strings that
         llama-cpp-python's server tokenizes itself. Returns the suggestion, and
@@ -808,6 +818,8 @@ class Engine:
         left = cfg.timeout_ms / 1000.0 - (self._clock() - sent_at)
         if left <= 0.5:
             return None, None
+        if deadline is not None and flight.ctx.manual:
+            left = min(left, deadline + SECOND_TRY_GRACE_S - self._clock())
         # One line: the missing one. (A block here once streamed for 4.5 s.)
         post = dataclasses.replace(flight.post, multiline=False)
         retry = UpstreamRequest(
