@@ -30,8 +30,9 @@ import math
 import re
 import zlib
 from bisect import bisect_right
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 ANCHOR_LINES = 32  # coarsest anchoring step (large budgets)
@@ -106,6 +107,9 @@ class CompletionContext:
     # Text the prompt's middle ends with that belongs to the answer (the newline
     # before a blank cursor line): the model's text is read as if it began with it.
     answer_lead: str = ""
+    # The document's names (identifiers) and how often each is written, most
+    # frequent first: what a half-typed name is checked against.
+    names: tuple[tuple[str, int], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def line_prefix(self) -> str:
@@ -616,7 +620,18 @@ def build_context(
         after=text[offset : offset + KEY_AFTER_CHARS],
         fim_middle=fim_middle,
         answer_lead=answer_lead,
+        names=document_names(text),
     )
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@lru_cache(maxsize=8)
+def document_names(text: str) -> tuple[tuple[str, int], ...]:
+    """The names written in ``text`` with their counts, most frequent first
+    (cached: a keystroke's requests build several windows of one text)."""
+    return tuple(Counter(_NAME.findall(text)).most_common())
 
 
 def _split_middle(text: str, fim_prefix: str, start: int, line_start: int) -> tuple[str, str]:

@@ -189,6 +189,7 @@ def post_context(ctx: CompletionContext) -> PostContext:
         language=ctx.language,
         multiline=ctx.multiline,
         indent_unit=ctx.indent_unit,
+        names=ctx.names,
     )
 
 

@@ -15,10 +15,12 @@ Nothing here does I/O; the only state is a small memo of prefix/suffix scans.
 
 from __future__ import annotations
 
+import builtins
+import keyword
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from functools import lru_cache
 
@@ -66,6 +68,9 @@ class PostContext:
     language: str = ""  # LSP languageId, e.g. "python"
     multiline: bool = True  # False: single-line mode
     indent_unit: str = "    "  # "\t" or N spaces
+    # The whole document's names with their counts, most frequent first
+    # (CompletionContext.names); empty: only the windows are looked at.
+    names: tuple[tuple[str, int], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def line_prefix(self) -> str:
@@ -1161,6 +1166,71 @@ def trim_trailing_whitespace(text: str, ctx: PostContext) -> str:
     return trimmed
 
 
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TYPED_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _names(spaced: str) -> frozenset[str]:
+    return frozenset(spaced.split())
+
+
+# Names a file may use without ever writing them down.
+_KNOWN_NAMES: dict[str, frozenset[str]] = {
+    "python": frozenset(keyword.kwlist) | frozenset(keyword.softkwlist)
+    | frozenset(dir(builtins)),
+    "javascript": _names(
+        "await break case catch class const continue debugger default delete do else "
+        "export extends finally for function if import in instanceof let new return super "
+        "switch this throw try typeof var void while with yield async of static get set "
+        "null undefined true false console document window require module exports process "
+        "Promise Array Object String Number Boolean Error JSON Math Date Map Set RegExp "
+        "Symbol parseInt parseFloat setTimeout clearTimeout setInterval"),
+}
+_KNOWN_NAMES["typescript"] = _KNOWN_NAMES["javascript"] | _names(
+    "interface type enum implements private public protected readonly declare namespace "
+    "abstract as keyof never unknown any string number boolean void")
+_KNOWN_NAMES["javascriptreact"] = _KNOWN_NAMES["javascript"]
+_KNOWN_NAMES["typescriptreact"] = _KNOWN_NAMES["typescript"]
+
+
+def complete_known_word(text: str, ctx: PostContext) -> str:
+    """Half-way through a name, finish it as the file spells it.
+
+    A small model asked in the middle of a word often ends it its own way:
+    "except EOFHe" + "r:" (the file has EOFHeaderError), "return [tari" +
+    "] + ..." (tarinfo), "tarinfo = se" + " tarinfo" (self). Where the name the
+    suggestion makes is nowhere in the document, nor a keyword or builtin,
+    and the typed part begins a name that is there, the suggestion is that
+    name's rest: the nearest one above the cursor, else below it, else the
+    document's most frequent. A name the file does not have yet (the typed
+    part begins none) is left to the model.
+    """
+    typed_match = _TYPED_IDENT.search(ctx.line_prefix)
+    if typed_match is None or len(typed_match.group()) < 2:
+        return text
+    if ctx.line_suffix[:1].isalnum() or ctx.line_suffix[:1] == "_":
+        return text  # inside a word: the rest of it is there already
+    typed = typed_match.group()
+    head = _IDENT.match(text)
+    word = typed + (head.group() if head else "")
+    if word in _KNOWN_NAMES.get(ctx.language, frozenset()):
+        return text
+    info = _prefix_info(ctx.prefix, ctx.language)
+    if info.state.quote or info.state.comment:
+        return text  # prose in a string or a comment is not made of the file's names
+    before = _IDENT.findall(ctx.prefix[: len(ctx.prefix) - len(typed)])
+    after = _IDENT.findall(ctx.suffix)
+    counts = dict(ctx.names)
+    # The typed part at the cursor is one of the document's names itself.
+    elsewhere = counts.get(word, 0) - (1 if word == typed else 0)
+    if word in before or word in after or elsewhere > 0:
+        return text
+    for name in [*reversed(before), *after, *counts]:
+        if len(name) > len(typed) and name.startswith(typed):
+            return name[len(typed):]
+    return text
+
+
 def drop_empty(text: str, ctx: PostContext) -> str:
     """Drop results with no meaningful character."""
     return text if text.strip() else ""
@@ -1183,6 +1253,7 @@ PIPELINE: tuple[Filter, ...] = (
     drop_suffix_copy,
     keep_header_for_body,
     trim_trailing_whitespace,
+    complete_known_word,
     merge_suffix_overlap,
     drop_empty,
 )

@@ -1094,3 +1094,54 @@ def test_the_word_a_second_try_forbids(prefix: str, suffix: str, raw: str,
 def test_a_second_try_that_only_swaps_one_word_of_the_copy_is_dropped(
         answer: str, copy: str, swapped: bool) -> None:
     assert swaps_one_word(answer, copy) is swapped
+
+
+# --------------------------------------------------------------------------- complete_known_word
+
+_TAR = ("class EOFHeaderError(Exception):\n    pass\n\n\n"
+        "class TarFile:\n    def next(self, tarinfo):\n        try:\n"
+        "            tarinfo = self.tarinfo.fromtarfile(self)\n")
+
+
+@pytest.mark.parametrize(("prefix", "suffix", "raw", "want"), [
+    # The model ends a half-typed name its own way: the file's name instead.
+    (_TAR + "        except EOFHe", ":\n            pass\n", "r:", "aderError"),
+    (_TAR + "        return [tari", "\n", "] + self.members", "nfo"),
+    (_TAR + "        tarinfo = se", "\n", " tarinfo", "lf"),
+    # A new line offered where the line's last name is not finished yet.
+    (_TAR + "        value = EOFHeader", "\n        return value\n", "\n        pass",
+     "Error"),
+    # The name the model makes is in the file, a keyword or a builtin: kept.
+    (_TAR + "        tarinfo = self.tari", "\n", "nfo.fromtarfile(self)",
+     "nfo.fromtarfile(self)"),
+    (_TAR + "        retu", "\n", "rn tarinfo", "rn tarinfo"),
+    (_TAR + "        items = sor", "\n", "ted(tarinfo)", "ted(tarinfo)"),
+    # The typed part begins no name of the file: a new name, left to the model.
+    (_TAR + "        def read_all", "\n", "_members(self):", "_members(self):"),
+    # Prose in a string or a comment is not made of the file's names.
+    (_TAR + "        msg = 'EOFHe", "'\n", "llo world", "llo world"),
+    (_TAR + "        # EOFHe", "\n", "re we stop", "re we stop"),
+    # One typed letter says too little.
+    (_TAR + "        x = E", "\n", "rror", "rror"),
+])
+def test_a_half_typed_name_is_finished_as_the_file_spells_it(prefix, suffix, raw, want) -> None:
+    from qwen_lsp.context import document_names
+
+    ctx = PostContext(prefix, suffix, "python", names=document_names(prefix + suffix))
+    got = postprocess(raw, ctx)
+    assert got is not None and got.text == want
+
+
+def test_a_name_far_from_the_cursor_is_found_in_the_whole_document() -> None:
+    from qwen_lsp.context import build_context
+    from qwen_lsp.engine import post_context
+
+    far = "class EOFHeaderError(Exception):\n    pass\n\n\n"
+    filler = "".join(f"def helper_{i}(x):\n    return x + {i}\n\n\n" for i in range(300))
+    text = far + filler + "def read(f):\n    try:\n        f.read()\n    except EOFHe\n"
+    at = text.index("EOFHe\n") + len("EOFHe")
+    ctx = build_context(text, at, uri="file:///r.py", path="r.py", language="python",
+                        version=1, context_tokens=256)
+    assert "EOFHeaderError" not in ctx.prefix  # outside the window
+    got = postprocess("r:", post_context(ctx))
+    assert got is not None and got.text == "aderError"
