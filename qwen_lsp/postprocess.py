@@ -1384,6 +1384,12 @@ def stream_should_stop(text_so_far: str, ctx: PostContext) -> bool:
     done = text[: text.rfind("\n") + 1]  # the lines that are complete
     if done and drop_prose(done, ctx) != done:
         return True
+    # A sentence still arriving (its words so far, less the one being written):
+    # a long one would otherwise stream to the token limit before it is seen.
+    arriving = text[len(done):].rsplit(" ", 1)[0]
+    if arriving.count(" ") + 1 >= _PROSE_MIN_WORDS and drop_prose(done + arriving, ctx) != (
+            done + arriving):
+        return True
     text = fit_leading_newline(text, ctx)
     if not ctx.multiline:
         if ctx.line_prefix.strip() and text.lstrip(" \t").startswith("\n") and not (

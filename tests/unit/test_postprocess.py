@@ -1037,7 +1037,10 @@ STREAM_CASES = [
     ("body-in-progress", "for v in xs:\n        y += v\n", PY_BODY, False),
     ("first-line-in-progress", "return a +", PY_ADD, False),
     ("prose-line-complete", "This code defines a class that holds the data.\n", JS_END, True),
-    ("prose-line-arriving", "This code defines a class that", JS_END, False),
+    # Five words of a sentence still arriving are enough (the one being
+    # written is not counted); fewer are not yet.
+    ("prose-line-arriving", "This code defines a class that", JS_END, True),
+    ("prose-line-starting", "This code defines a", JS_END, False),
 ]
 
 
@@ -1145,3 +1148,17 @@ def test_a_name_far_from_the_cursor_is_found_in_the_whole_document() -> None:
     assert "EOFHeaderError" not in ctx.prefix  # outside the window
     got = postprocess("r:", post_context(ctx))
     assert got is not None and got.text == "aderError"
+
+
+def test_a_stream_stops_at_a_sentence_before_its_line_ends() -> None:
+    from qwen_lsp.postprocess import stream_should_stop
+
+    ctx = PostContext("class Item:\n    pass\n", "\n", "python")
+    # The model explains the file at its end: stopped once five words show it,
+    # not when the long line ends (it ran to the token limit, 2.4 s).
+    assert stream_should_stop("\n```\n\nThis code defines a `Item` class to", ctx)
+    assert not stream_should_stop("\n```\n\nThis code defines", ctx)  # too few words yet
+    # Code, and a sentence in a comment or a string, go on.
+    assert not stream_should_stop("\nitems = load(path, mode, encoding, errors, newline", ctx)
+    assert not stream_should_stop("\n# This code defines a class to represent", ctx)
+    assert not stream_should_stop("\nprint('This is the way it is done", ctx)
