@@ -750,13 +750,14 @@ class Engine:
         enter = ""
         for _ in range(MANUAL_TRIES if manual else 1):
             more = await self._forbidden(provider, written, flight, as_words)
-            if (not enter and manual and request.prompt and written.strip()
-                    and written[:1] not in ("\n", "\r")):
+            new_line = (not enter and manual and bool(request.prompt) and bool(written.strip())
+                        and written[:1] not in ("\n", "\r") and bool(_enter_lead(flight.post)))
+            if new_line:
                 # At the end of a finished line the model went on with the line
                 # (a trailing comment, then the line below): ask for a line of
                 # its own.
                 enter = _enter_lead(flight.post)
-            if not enter and (not more or more.keys() <= bias.keys()):
+            elif not more or more.keys() <= bias.keys():
                 return None  # nothing new to forbid: the same answer would come
             bias.update(more)
             if manual and self._clock() >= deadline:

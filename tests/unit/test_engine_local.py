@@ -409,3 +409,20 @@ async def test_asked_by_hand_in_the_middle_of_code_no_answer_is_forced(fake_upst
                                      text, text.index(".numerator"))
     assert got is None
     assert len(_completions(fake_upstream)) == 1 and engine.stats.second_tries == 0
+
+
+async def test_asked_by_hand_the_same_try_is_not_sent_twice(fake_upstream) -> None:
+    """After the new line was asked for, an answer that leaves nothing new to
+    forbid ends the tries (the same request would get the same answer)."""
+    from tests.fake_upstream import Reply
+
+    text = "def f(x):\n    y = x + 1\n    return y\n"
+
+    def reply(rec):
+        if not rec.json.get("logit_bias"):
+            return Reply(text="  # add one\n    return y\n")
+        return Reply(text="  # again\n")  # a comment: its "#" is forbidden already
+
+    got, _ = await _ask_by_hand(fake_upstream, reply, text, text.index(" + 1") + 4)
+    assert got is None
+    assert len(_completions(fake_upstream)) == 2
