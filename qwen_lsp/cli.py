@@ -183,9 +183,23 @@ def _location_problem(doc: Any, line: int, col: int) -> str | None:
     return None
 
 
-def _progress_line(message: str, fraction: float | None) -> None:
-    pct = "" if fraction is None else f" {int(fraction * 100):3d}%"
-    print(f"qwen-lsp:{pct} {message}", file=sys.stderr, flush=True)
+class ProgressLines:
+    """Progress on ``stream`` (stderr): a line per message, and in between one
+    per quarter of the work, so a log or a pipe gets a handful of lines rather
+    than one every 2 % of the model's assembly."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self._stream = stream
+        self._message: str | None = None
+        self._quarter = -1
+
+    def __call__(self, message: str, fraction: float | None) -> None:
+        quarter = -1 if fraction is None else int(fraction * 4)
+        if message == self._message and quarter == self._quarter:
+            return
+        self._message, self._quarter = message, quarter
+        pct = "" if fraction is None else f" {int(fraction * 100):3d}%"
+        print(f"qwen-lsp:{pct} {message}", file=self._stream or sys.stderr, flush=True)
 
 
 async def _complete(location: str, language: str | None) -> int:
@@ -252,7 +266,7 @@ async def _complete(location: str, language: str | None) -> int:
         # The CLI waits for the whole answer, engine start included: a longer box,
         # and through the settings so the HTTP read timeout stays above it.
         settings = settings.with_overrides(timeout_ms=max(settings.timeout_ms, CLI_LOCAL_BOX_MS))
-    backend = Backend(settings, progress=_progress_line)
+    backend = Backend(settings, progress=ProgressLines())
     engine = Engine(
         EngineConfig(mode=settings.effective_mode(), max_tokens=settings.max_tokens,
                      temperature=settings.temperature, stop=tuple(settings.stop),
@@ -306,7 +320,7 @@ async def _check() -> int:
     if settings.provider is None:
         print(f"error: {NO_BACKEND_MESSAGE}", file=sys.stderr)
         return EXIT_ERROR
-    backend = Backend(settings, progress=_progress_line)
+    backend = Backend(settings, progress=ProgressLines())
     mode = settings.effective_mode()
     if mode == "fim":
         req = UpstreamRequest(prompt="<|fim_prefix|>def add(a, b):\n    return <|fim_suffix|>\n"
