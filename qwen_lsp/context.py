@@ -107,9 +107,9 @@ class CompletionContext:
     # Text the prompt's middle ends with that belongs to the answer (the newline
     # before a blank cursor line): the model's text is read as if it began with it.
     answer_lead: str = ""
-    # The document's names (identifiers) and how often each is written, most
-    # frequent first: what a half-typed name is checked against.
-    names: tuple[tuple[str, int], ...] = field(default=(), compare=False, repr=False)
+    # The whole text (a reference, not a copy): its names are what a half-typed
+    # name is checked against, counted only when a suggestion needs them.
+    document: str = field(default="", compare=False, repr=False)
 
     @property
     def line_prefix(self) -> str:
@@ -620,7 +620,7 @@ def build_context(
         after=text[offset : offset + KEY_AFTER_CHARS],
         fim_middle=fim_middle,
         answer_lead=answer_lead,
-        names=document_names(text),
+        document=text,
     )
 
 
@@ -630,7 +630,7 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 @lru_cache(maxsize=8)
 def document_names(text: str) -> tuple[tuple[str, int], ...]:
     """The names written in ``text`` with their counts, most frequent first
-    (cached: a keystroke's requests build several windows of one text)."""
+    (cached: the early answers and the final one of a request share a text)."""
     return tuple(Counter(_NAME.findall(text)).most_common())
 
 

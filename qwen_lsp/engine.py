@@ -189,7 +189,7 @@ def post_context(ctx: CompletionContext) -> PostContext:
         language=ctx.language,
         multiline=ctx.multiline,
         indent_unit=ctx.indent_unit,
-        names=ctx.names,
+        document=ctx.document,
     )
 
 
@@ -749,10 +749,9 @@ class Engine:
         bias: dict[str, float] = {}
         enter = ""
         for _ in range(MANUAL_TRIES if manual else 1):
-            more = await self._forbidden(provider, written, flight, as_words)
-            new_line = (not enter and manual and bool(request.prompt) and bool(written.strip())
-                        and written[:1] not in ("\n", "\r") and bool(_enter_lead(flight.post)))
-            if new_line:
+            more = await self._forbidden(provider, written, flight, manual, as_words)
+            if (not enter and manual and request.prompt and written.strip()
+                    and written[:1] not in ("\n", "\r") and _enter_lead(flight.post)):
                 # At the end of a finished line the model went on with the line
                 # (a trailing comment, then the line below): ask for a line of
                 # its own.
@@ -775,11 +774,11 @@ class Engine:
         except UpstreamError:
             return None
 
-    async def _forbidden(self, provider: Any, written: str, flight: _Flight,
+    async def _forbidden(self, provider: Any, written: str, flight: _Flight, manual: bool,
                          as_words: bool) -> dict[str, float]:
         """What a retry forbids after the dropped answer ``written``: token ids
-        (or, ``as_words``, strings the engine tokenizes itself)."""
-        manual = flight.ctx.manual and _room_for_a_line(flight.post)
+        (or, ``as_words``, strings the engine tokenizes itself). ``manual``:
+        asked for by hand where a line can be written in."""
         split = next_line_copy_split(written, flight.post, anywhere=manual)
         if split is not None:
             # A copy of the code below: the token where it parts from the lines above.

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from functools import lru_cache
 
-from qwen_lsp.context import LINE_CONTINUES, ends_finished_line
+from qwen_lsp.context import LINE_CONTINUES, document_names, ends_finished_line
 from qwen_lsp.providers.base import QWEN_SPECIAL_TOKENS
 
 __all__ = [
@@ -68,9 +68,9 @@ class PostContext:
     language: str = ""  # LSP languageId, e.g. "python"
     multiline: bool = True  # False: single-line mode
     indent_unit: str = "    "  # "\t" or N spaces
-    # The whole document's names with their counts, most frequent first
-    # (CompletionContext.names); empty: only the windows are looked at.
-    names: tuple[tuple[str, int], ...] = field(default=(), compare=False, repr=False)
+    # The whole text (CompletionContext.document); empty: only the windows
+    # are looked at for names.
+    document: str = field(default="", compare=False, repr=False)
 
     @property
     def line_prefix(self) -> str:
@@ -1220,10 +1220,11 @@ def complete_known_word(text: str, ctx: PostContext) -> str:
         return text  # prose in a string or a comment is not made of the file's names
     before = _IDENT.findall(ctx.prefix[: len(ctx.prefix) - len(typed)])
     after = _IDENT.findall(ctx.suffix)
-    counts = dict(ctx.names)
+    if word in before or word in after:
+        return text
+    counts = dict(document_names(ctx.document)) if ctx.document else {}
     # The typed part at the cursor is one of the document's names itself.
-    elsewhere = counts.get(word, 0) - (1 if word == typed else 0)
-    if word in before or word in after or elsewhere > 0:
+    if counts.get(word, 0) - (1 if word == typed else 0) > 0:
         return text
     for name in [*reversed(before), *after, *counts]:
         if len(name) > len(typed) and name.startswith(typed):

@@ -1128,9 +1128,7 @@ _TAR = ("class EOFHeaderError(Exception):\n    pass\n\n\n"
     (_TAR + "        x = E", "\n", "rror", "rror"),
 ])
 def test_a_half_typed_name_is_finished_as_the_file_spells_it(prefix, suffix, raw, want) -> None:
-    from qwen_lsp.context import document_names
-
-    ctx = PostContext(prefix, suffix, "python", names=document_names(prefix + suffix))
+    ctx = PostContext(prefix, suffix, "python", document=prefix + suffix)
     got = postprocess(raw, ctx)
     assert got is not None and got.text == want
 
