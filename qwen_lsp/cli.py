@@ -296,7 +296,15 @@ async def _complete(location: str, language: str | None) -> int:
         print(f"qwen-lsp: no suggestion at {path}:{line}:{col}: the model's answers there "
               "were empty or the code that is already there", file=sys.stderr)
         return EXIT_NONE
-    sys.stdout.write(suggestion.text + ("" if suggestion.text.endswith("\n") else "\n"))
+    text, replaced = suggestion.text, ctx.line_suffix[:suggestion.replace_suffix_chars]
+    if replaced and text.endswith(replaced):
+        # It ends with the characters it replaces (closers typed over): the
+        # same as inserting the rest.
+        text, replaced = text[: len(text) - len(replaced)], ""
+    sys.stdout.write(text + ("" if text.endswith("\n") else "\n"))
+    if replaced:
+        print(f"qwen-lsp: the suggestion replaces {replaced!r}, the {len(replaced)} characters "
+              f"of line {line} from column {col} on", file=sys.stderr)
     return EXIT_OK
 
 

@@ -36,6 +36,7 @@ from qwen_lsp.health import UpstreamHealth
 from qwen_lsp.postprocess import (
     PostContext,
     Suggestion,
+    fits_as_rewrite,
     next_line_copy_split,
     postprocess,
     stream_should_stop,
@@ -733,19 +734,24 @@ class Engine:
         below. Asked for by hand (the CLI, an invoked completion) the user wants
         a suggestion where the cursor is, so each dropped answer's first token of
         its own is forbidden in turn: the model's next choice each time, up to
-        MANUAL_TRIES answers in MANUAL_RETRY_S.
+        MANUAL_TRIES answers in MANUAL_RETRY_S. In the middle of a line of
+        code an answer forced out of the model would be glued into that code
+        ("b.denominator.numerator"): there the rest of the line is rewritten
+        instead (:meth:`_rewrite_rest_of_line`).
         """
-        # In the middle of a line of code, an answer forced out of the model
-        # is glued into that code ("b.denominator.numerator"): only its first.
         manual = flight.ctx.manual and _room_for_a_line(flight.post)
         deadline = self._clock() + MANUAL_RETRY_S
         if self.config.manual_budget_s is not None:
             deadline = min(deadline, sent_at + self.config.manual_budget_s)
         written = flight.text[len(flight.lead):]
-        if not manual and next_line_copy_split(written, flight.post) is None:
+        rewrite = flight.ctx.manual and not manual
+        if not manual and not rewrite and next_line_copy_split(written, flight.post) is None:
             return None
         provider = await self._provider_or_none()
         as_words = provider is None or await _token_ids(provider, "\n") is None
+        if rewrite:
+            return await self._rewrite_rest_of_line(flight, request, provider, as_words,
+                                                    sent_at, deadline)
         bias: dict[str, float] = {}
         enter = ""
         for _ in range(MANUAL_TRIES if manual else 1):
@@ -765,6 +771,48 @@ class Engine:
                                                         sent_at, enter, deadline)
             if suggestion is not None or answer is None or self._clock() >= deadline:
                 return suggestion
+            written = answer
+        return None
+
+    async def _rewrite_rest_of_line(self, flight: _Flight, request: UpstreamRequest,
+                                    provider: Any, as_words: bool, sent_at: float,
+                                    deadline: float) -> Suggestion | None:
+        """Asked for by hand in the middle of a line of code, where nothing
+        was to be added (the line is complete as it stands): the model's next
+        choice for the rest of the line, as a suggestion that replaces it.
+
+        The prompt loses the rest of the line, so the model writes a whole
+        rest of its own instead of text glued in front of the code that stays
+        ("b.denominator.numerator"). Its first choice would be the code that
+        is there: the token that code starts with is forbidden from the start,
+        then each dropped answer's first token in turn, as at a line end.
+        """
+        ctx = flight.ctx
+        nl = ctx.suffix.find("\n")
+        cut = len(ctx.suffix) if nl < 0 else nl
+        rest = ctx.suffix[:cut]
+        if (provider is None or self.config.mode != "fim" or not request.prompt
+                or not rest.strip() or not ctx.fim_suffix.startswith(rest)):
+            return None
+        shorter = dataclasses.replace(ctx, suffix=ctx.suffix[cut:],
+                                      fim_suffix=ctx.fim_suffix[cut:], multiline=False)
+        retry = self._request(shorter, None, NO_MARKS)
+        alone = _Flight(shorter, post_context(shorter), flight.lead)
+        there = rest.rstrip("\r")
+        written = there
+        bias: dict[str, float] = {}
+        for _ in range(MANUAL_TRIES):
+            more = await self._forbidden(provider, written, alone, True, as_words)
+            if not more or more.keys() <= bias.keys() or self._clock() >= deadline:
+                return None
+            bias.update(more)
+            suggestion, answer = await self._second_try(alone, retry, bias, as_words,
+                                                        sent_at, "", deadline)
+            if answer is None:
+                return None
+            if (suggestion is not None and suggestion.text.strip() != there.strip()
+                    and fits_as_rewrite(suggestion.text, flight.post)):
+                return Suggestion(suggestion.text, len(there))
             written = answer
         return None
 

@@ -15,6 +15,7 @@ Nothing here does I/O; the only state is a small memo of prefix/suffix scans.
 
 from __future__ import annotations
 
+import ast
 import builtins
 import keyword
 import os
@@ -1111,6 +1112,137 @@ def merge_suffix_overlap(text: str, ctx: PostContext) -> Suggestion:
     return Suggestion(text)
 
 
+_WORD_CHAR = re.compile(r"\w")
+# A piece that starts as the rest of the line does (REWRITE_HEAD characters),
+# ends as it does (REWRITE_TAIL), or ends its statement the same way (one of
+# _LINE_ENDS) is the model's own version of the rest of the line.
+REWRITE_HEAD, REWRITE_TAIL = 3, 6
+_LINE_ENDS = frozenset(":;{)],")
+
+
+def _common_tail(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return n
+
+
+def _bracket_depth(text: str, kinds: str) -> int:
+    depth = 0
+    for ch, kind in zip(text, kinds):
+        if kind == "c" and ch in _OPENERS:
+            depth += 1
+        elif kind == "c" and ch in _CLOSERS:
+            depth -= 1
+    return depth
+
+
+def rewrites_rest_of_line(text: str, rest: str) -> bool:
+    """``text`` (one line) is the model's own version of ``rest``, the code
+    right of the cursor, not a piece to insert in front of it."""
+    if "\n" in text or len(text.strip()) < REWRITE_HEAD or not rest:
+        return False
+    return (text[:REWRITE_HEAD] == rest[:REWRITE_HEAD]
+            or _common_tail(text, rest) >= REWRITE_TAIL
+            or (text[-1] == rest[-1] and text[-1] in _LINE_ENDS))
+
+
+# What a line of Python may need around it to parse on its own: a body, the
+# statement an ``elif``/``else``/``except``/``finally`` belongs to, a function
+# for ``return``/``await``.
+_PY_LINE_FRAMES = ("{}", "{}\n pass", "if 1:\n pass\n{}\n pass", "try:\n pass\n{}\n pass")
+
+
+@lru_cache(maxsize=512)
+def _python_line_parses(line: str) -> bool:
+    """``line`` parses as a statement of its own, given what it may need around it."""
+    code = line.strip()
+    for frame in _PY_LINE_FRAMES:
+        body = frame.format(code).replace("\n", "\n  ")
+        try:
+            ast.parse("async def _():\n  " + body)
+        except (SyntaxError, ValueError):
+            continue
+        return True
+    return False
+
+
+def _breaks_python_line(text: str, replaced: int, ctx: PostContext) -> bool:
+    """The cursor line parsed on its own before and does not with ``text`` in."""
+    if ctx.language.lower() != "python" or "\n" in text:
+        return False
+    line = ctx.line_prefix + ctx.line_suffix
+    if not _python_line_parses(line):
+        return False  # a line that goes on (brackets, a decorator): not judged here
+    return not _python_line_parses(ctx.line_prefix + text + ctx.line_suffix[replaced:])
+
+
+def fit_the_rest_of_the_line(text: str, ctx: PostContext) -> str | Suggestion:
+    """In the middle of a line of code: an insertion that fits in front of
+    the code that stays, or a rewrite of that code, or nothing.
+
+    The model often writes a whole rest of the line of its own instead of the
+    piece that fits at the cursor. Inserted, that is nonsense
+    (``rom fileobj and added...`` in front of ``rom it and added...``): when
+    the answer starts or ends as the rest of the line does, it replaces it
+    (when it fits as such; ``self.y, `` in front of ``self.x)`` is a piece).
+    Either way the line must stay balanced: an insertion closes as many
+    brackets as it opens and leaves no string or comment open (``return
+    (r|, g, b)`` + ``, y, i)`` would break the line), and glues no name to
+    the name after it (``return |h, l, s`` + ``255*m1, 255*m2, 255*l`` makes
+    ``255*lh``); a rewrite opens and closes as the code it replaces did. In
+    Python, a cursor line that parsed on its own must still parse
+    (``i| if isinstance(...)`` from ``if not isinstance(...)`` does not).
+    Before the code of a line only a line of its own or a leading word goes in.
+    Only for languages whose brackets and strings the lexer knows; where the
+    rest of the line is closers only, merge_suffix_overlap has decided.
+    """
+    rest = ctx.line_suffix.rstrip()
+    lang = ctx.language.lower()
+    if (not rest.strip() or _is_closing_run(rest.strip())
+            or (lang not in _HASH_COMMENTS and lang not in _SLASH_COMMENTS)):
+        return text
+    # Before the code of a line: a line of its own goes in front of it
+    # ("y = [x]\n    "), or a word the statement starts with ("return ").
+    # "else:" glued in front of "elif stdout == DEVNULL:" is neither.
+    if (not ctx.line_prefix.strip() and "\n" not in text
+            and not (text[-1:].isspace() and not rest[:1].isspace())):
+        return ""
+    if (ctx.line_prefix.strip() and rewrites_rest_of_line(text, rest)
+            and fits_as_rewrite(text, ctx)):
+        return Suggestion(text, len(rest))
+    # Not a rewrite that fits ("self.y, " in front of "self.x)"): maybe a piece.
+    start = _prefix_info(ctx.prefix, ctx.language).state
+    if start.comment:
+        return text  # inside a comment: prose, no brackets to keep
+    if not start.quote and _WORD_CHAR.match(text[-1:]) and _WORD_CHAR.match(ctx.line_suffix):
+        return ""
+    kinds, end = _classify(text, _syntax(ctx.language), start)
+    if end != start or _bracket_depth(text, kinds) != 0 or _breaks_python_line(text, 0, ctx):
+        return ""
+    return text
+
+
+def fits_as_rewrite(text: str, ctx: PostContext) -> bool:
+    """``text`` (one line) can replace the rest of the cursor line: it leaves
+    the same brackets open and strings or comments open or closed as the code
+    it replaces did, and in Python a line that parsed on its own still does."""
+    rest = ctx.line_suffix.rstrip()
+    if "\n" in text:
+        return False
+    lang = ctx.language.lower()
+    if lang not in _HASH_COMMENTS and lang not in _SLASH_COMMENTS:
+        return True  # nothing known to check
+    start = _prefix_info(ctx.prefix, ctx.language).state
+    if start.comment:
+        return True  # prose: nothing to balance
+    syntax = _syntax(ctx.language)
+    kinds, end = _classify(text, syntax, start)
+    rest_kinds, rest_end = _classify(rest, syntax, start)
+    return (end == rest_end and _bracket_depth(text, kinds) == _bracket_depth(rest, rest_kinds)
+            and not _breaks_python_line(text, len(rest), ctx))
+
+
 # --------------------------------------------------------------------------- 8. indentation
 
 
@@ -1256,6 +1388,7 @@ PIPELINE: tuple[Filter, ...] = (
     trim_trailing_whitespace,
     complete_known_word,
     merge_suffix_overlap,
+    fit_the_rest_of_the_line,
     drop_empty,
 )
 

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from qwen_lsp.context import CHARS_PER_TOKEN, CompletionContext, estimate_tokens
+from qwen_lsp.context import CompletionContext, estimate_tokens
 from qwen_lsp.prompts import fim_prompt
 
 log = logging.getLogger("qwen_lsp")
@@ -119,8 +119,9 @@ class EngineView:
             if n > best:
                 best, source, answered = n, "saved", text in self._answered
         # A partial token at the seam is recomputed: count whole tokens only.
-        cached = int(best / CHARS_PER_TOKEN)
-        return Cost(estimate_tokens(prompt), cached, source, best, answered and best > 0)
+        total = estimate_tokens(prompt)
+        cached = min(total, max(0, estimate_tokens(prompt[:best]) - (0 < best < len(prompt))))
+        return Cost(total, cached, source, best, answered and best > 0)
 
     def seconds(self, new_tokens: int) -> float:
         return new_tokens / max(1.0, self.tokens_per_s)

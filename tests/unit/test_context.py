@@ -44,7 +44,8 @@ def ctx_at(text: str, offset: int, **kw: Any) -> CompletionContext:
 def test_prompt_fits_budget_and_cuts_at_line_boundaries(tokens: int, frac: float) -> None:
     offset = int(len(REAL) * frac)
     ctx = ctx_at(REAL, offset, context_tokens=tokens)
-    assert estimate_tokens(ctx.prefix) + estimate_tokens(ctx.suffix) <= tokens
+    # Windows are cut in characters (what they cost is counted by the view).
+    assert len(ctx.prefix) + len(ctx.suffix) <= tokens * CHARS_PER_TOKEN
     start = offset - len(ctx.prefix)
     end = offset + len(ctx.suffix)
     assert REAL[start:offset] == ctx.prefix and REAL[offset:end] == ctx.suffix
@@ -65,7 +66,7 @@ def test_a_small_window_still_shows_the_next_lines(tokens: int) -> None:
     ctx = ctx_at(text, cursor, context_tokens=tokens)
     nxt = text[cursor:].split("\n")[1]
     assert ctx.suffix.startswith("\n" + nxt + "\n")  # the whole next line
-    assert estimate_tokens(ctx.prefix) + estimate_tokens(ctx.suffix) <= tokens
+    assert len(ctx.prefix) + len(ctx.suffix) <= tokens * CHARS_PER_TOKEN
     assert len(ctx.prefix) > len(ctx.suffix)
 
 
@@ -121,7 +122,7 @@ def test_enormous_line_is_cut_inside_the_line() -> None:
     text = "import os\n" + line
     offset = len(text) - 50
     ctx = ctx_at(text, offset, context_tokens=256)
-    assert estimate_tokens(ctx.prefix + ctx.suffix) <= 256
+    assert len(ctx.prefix + ctx.suffix) <= 256 * CHARS_PER_TOKEN
     assert ctx.prefix == text[offset - len(ctx.prefix) : offset]
 
 

@@ -399,16 +399,53 @@ async def test_asked_by_hand_the_tries_end_after_a_few_answers(fake_upstream) ->
     assert engine.stats.second_tries == MANUAL_TRIES
 
 
-async def test_asked_by_hand_in_the_middle_of_code_no_answer_is_forced(fake_upstream) -> None:
+async def test_asked_by_hand_in_the_middle_of_code_the_rest_of_the_line_is_rewritten(
+        fake_upstream) -> None:
     """A copy of the code right of the cursor, mid-line, says the line is
-    complete: forcing another answer would glue it into the code."""
+    complete. A forced answer would be glued in front of that code
+    ("b.denominator.numerator"): the model writes the rest of the line anew
+    instead, without it in the prompt, and the suggestion replaces it."""
+    from tests.fake_upstream import Reply
+
+    text = "def f(b):\n    nb, db = b.numerator, b.denominator\n    return nb\n"
+    from qwen_lsp.providers.base import QWEN_SPECIAL_TOKENS
+
+    rest = ".numerator, b.denominator"
+
+    def reply(rec):
+        bias = rec.json.get("logit_bias") or {}
+        if not bias:
+            return Reply(text=rest + "\n" if rest in rec.json["prompt"] else rest)
+        if len(bias) == 2:
+            return Reply(text="")  # nothing: the end tokens are forbidden next
+        return Reply(text=".real, b.imag\n")
+
+    got, engine = await _ask_by_hand(fake_upstream, reply, text, text.index(rest))
+    sent = _completions(fake_upstream)
+    assert got is not None
+    assert (got.text, got.replace_suffix_chars) == (".real, b.imag", len(rest))
+    assert len(sent) == 3
+    # The tries' prompt: the same, without the rest of the line.
+    assert sent[1].json["prompt"] == sent[2].json["prompt"]
+    assert sent[1].json["prompt"] == sent[0].json["prompt"].replace(rest, "", 1)
+    # The start of the code that is there is forbidden from the first try on.
+    assert set(sent[1].json["logit_bias"]) == {".", " ."}
+    assert set(sent[2].json["logit_bias"]) == {".", " .", *QWEN_SPECIAL_TOKENS}
+    assert engine.stats.second_tries == 2 and engine.stats.second_try_answers == 1
+
+
+async def test_asked_by_hand_a_rewrite_that_is_the_code_there_is_no_suggestion(
+        fake_upstream) -> None:
+    from qwen_lsp.engine import MANUAL_TRIES
     from tests.fake_upstream import Reply
 
     text = "def f(b):\n    nb, db = b.numerator, b.denominator\n"
-    got, engine = await _ask_by_hand(fake_upstream, Reply(text=".numerator, b.denominator"),
-                                     text, text.index(".numerator"))
+    rest = ".numerator, b.denominator"
+    got, _ = await _ask_by_hand(fake_upstream, Reply(text=rest), text, text.index(rest))
     assert got is None
-    assert len(_completions(fake_upstream)) == 1 and engine.stats.second_tries == 0
+    # The first answer, one rewrite (the same code again), and no further try:
+    # it would forbid nothing new.
+    assert len(_completions(fake_upstream)) == 2 < 1 + MANUAL_TRIES
 
 
 async def test_asked_by_hand_the_same_try_is_not_sent_twice(fake_upstream) -> None:

@@ -15,6 +15,7 @@ from qwen_lsp.postprocess import (
     drop_prose,
     drop_suffix_copy,
     fit_leading_newline,
+    fit_the_rest_of_the_line,
     keep_header_for_body,
     limit_scope,
     merge_suffix_overlap,
@@ -1160,3 +1161,84 @@ def test_a_stream_stops_at_a_sentence_before_its_line_ends() -> None:
     assert not stream_should_stop("\nitems = load(path, mode, encoding, errors, newline", ctx)
     assert not stream_should_stop("\n# This code defines a class to represent", ctx)
     assert not stream_should_stop("\nprint('This is the way it is done", ctx)
+
+
+# --------------------------------------------------------------------------- fit_the_rest_of_the_line
+
+_RGB = "def to_rgb(r, g, b):\n    minc = min(r, g, b)\n    return "
+
+
+@pytest.mark.parametrize(("prefix", "suffix", "language", "raw", "kept"), [
+    # Seen with the local model (colorsys.py): the model wrote a line of its
+    # own in front of the code that stays (and not a rewrite of it either).
+    (_RGB, "(r, g, b)\n", "python", "100*(r - minc) / (max", False),
+    # A string or a comment left open swallows the rest of the line.
+    (_RGB, "(r, g, b)\n", "python", "'rgb: ", False),
+    (_RGB, "(r, g, b)\n", "python", "# the colour ", False),
+    (_RGB, "(r, g, b)\n", "python", "minc + ", True),
+    # A name glued to the name after the cursor.
+    (_RGB, "r, g, b\n", "python", "255*m1, 255*m2, 255*l", False),
+    (_RGB, "(r, g, b)\n", "python", "tuple", True),
+    (_RGB, "r, g, b\n", "python", "minc, ", True),
+    (_RGB + "(", "r, g, b)\n", "python", "max(r, 1), ", True),
+    # Closers as such are typed over elsewhere (merge_suffix_overlap): left alone.
+    (_RGB + "(r, g, b", ")\n", "python", ", minc)", True),
+    # Before the code of a line: a line of its own is inserted.
+    ("def f(x):\n    ", "return x\n", "python", "y = [x]\n    ", True),
+    ("def f(x):\n    ", "return x\n", "python", "y = [x\n    ", False),
+    ("function f(a) {\n  return g(", "a);\n}\n", "javascript", "b, ", True),
+    ("function f(a) {\n  return g(", "a);\n}\n", "javascript", "b => { ", False),
+    # Inside a string: words, and a quote that ends it and one that starts another.
+    ("print(\"hel", "lo world\")\n", "python", "p, the", True),
+    ("print(\"hel", "lo world\")\n", "python", "lo\", \"", True),
+    # Inside a comment, or a language the lexer does not know: left alone.
+    ("x = 1  # see (", "the notes)\n", "python", "and [", True),
+    ("Some text (", "more)\n", "markdown", "and (", True),
+])
+def test_an_insertion_mid_line_keeps_the_line_balanced(prefix, suffix, language, raw,
+                                                       kept) -> None:
+    ctx = PostContext(prefix, suffix, language)
+    assert fit_the_rest_of_the_line(raw, ctx) == (raw if kept else "")
+
+
+_TAR_DOC = ('class TarFile:\n    def add(self, tarinfo, fileobj=None):\n'
+            '        """Add the TarInfo object `tarinfo\' to the archive. If `fileobj\' is\n'
+            '           given, tarinfo.size bytes are read f')
+
+
+@pytest.mark.parametrize(("prefix", "suffix", "language", "raw", "replaced"), [
+    # Seen with the local model: its own rest of the line, in a docstring and
+    # a comment (starts as the rest does, or ends as it does) ...
+    (_TAR_DOC, "rom it and added to the archive.\n", "python",
+     "rom fileobj and added to the archive.", len("rom it and added to the archive.")),
+    ("def f(s):\n    return s.strip()  # trims spac", "es and tabs\n", "python",
+     "es only", len("es and tabs")),
+    # ... and in code: ends its statement as the rest does.
+    ("class F:\n    def _ri", "chcmp(self, other, op):\n        pass\n", "python",
+     "ng(self, other):", len("chcmp(self, other, op):")),
+    ("function f(a) {\n  return g(", "a, b);\n}\n", "javascript", "a, c);", len("a, b);")),
+    (_RGB + "(r", ", g, b)\n", "python", ", y, i)", len(", g, b)")),
+    # In Python the line must still parse: "i if isinstance(...)" does not.
+    ("def f(self, other):\n        i", "f not isinstance(other, Namespace):\n", "python",
+     " if isinstance(other, Namespace):", None),
+    ("def f(self, other):\n        i", "f not isinstance(other, Namespace):\n", "python",
+     "f isinstance(other, Namespace):", len("f not isinstance(other, Namespace):")),
+    # Before the code of a line: a line of its own, or a word the statement
+    # starts with; "else:" glued in front of "elif ..." is neither.
+    ("def f(x):\n    if x:\n        pass\n    ", "elif stdout == DEVNULL:\n", "python",
+     "else:", None),
+    ("def f(x):\n    ", "x.close()\n", "python", "await ", 0),
+    ("def f(x):\n    ", "x.close()\n", "python", "x.flush()\n    ", 0),
+    # A rewrite must open and close what the rest did; else it may be a piece.
+    ("def f(self):\n    foo(self, ", "self.x)\n", "python", "self.y, ", 0),
+    ("def f(self):\n    foo(self, ", "self.x)\n", "python", "self.x", None),
+])
+def test_the_models_own_rest_of_the_line_replaces_it(prefix, suffix, language, raw,
+                                                      replaced) -> None:
+    got = fit_the_rest_of_the_line(raw, PostContext(prefix, suffix, language))
+    if replaced is None:
+        assert got == ""
+    elif replaced == 0:
+        assert got == raw
+    else:
+        assert got == Suggestion(raw, replaced)

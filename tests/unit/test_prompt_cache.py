@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qwen_lsp.context import CHARS_PER_TOKEN, estimate_tokens
+from qwen_lsp.context import estimate_tokens
 from qwen_lsp.prompt_cache import (
     LOGITS_ROW_BYTES,
     MIN_CONTEXT_TOKENS,
@@ -54,27 +54,34 @@ def test_a_saved_state_serves_a_revisit_after_another_place() -> None:
     assert view.cost("c" * 2000).new_tokens == estimate_tokens("c" * 2000)
 
 
+def _lines(name: str, tokens: int) -> str:
+    """Text of ``tokens`` estimated tokens: lines "name = 1" (4 tokens and a newline)."""
+    text = f"{name} = 1\n" * (tokens // 5)
+    assert estimate_tokens(text) == tokens
+    return text
+
+
 def test_states_extended_by_a_newer_one_are_dropped_and_capacity_is_kept() -> None:
     view = EngineView(1 << 30)
     view.record("p" * 100, "", completed=True, first_token_s=None)
     view.record("p" * 200, "", completed=True, first_token_s=None)  # the next pre-fill chunk
     assert view.saved_states == 1
-    one = view.state_bytes("q" * 3800)
+    one = view.state_bytes(_lines("q", 1000))
     assert one == 1000 * STATE_BYTES_PER_TOKEN + LOGITS_ROW_BYTES  # one logits row
     small = EngineView(capacity_bytes=2 * one + 1)
     for ch in "qrs":
-        small.record(ch * 3800, "", completed=True, first_token_s=None)
+        small.record(_lines(ch, 1000), "", completed=True, first_token_s=None)
     assert small.saved_states == 2
-    assert small.cost("q" * 3800).source == "none"  # the oldest went first
-    assert small.cost("r" * 3800).source == "saved"
+    assert small.cost(_lines("q", 1000)).source == "none"  # the oldest went first
+    assert small.cost(_lines("r", 1000)).source == "saved"
 
 
 def test_throughput_is_measured_from_requests_with_enough_new_tokens() -> None:
     view = EngineView(1 << 30)
     assert not view.measured
-    view.record("z" * int(10 * CHARS_PER_TOKEN), "", completed=True, first_token_s=5.0)
+    view.record(_lines("z", 10), "", completed=True, first_token_s=5.0)
     assert not view.measured  # 10 tokens say nothing about the speed
-    prompt = "w" * int(200 * CHARS_PER_TOKEN)
+    prompt = _lines("w", 200)
     view.record(prompt, "", completed=True, first_token_s=2.08)
     assert view.measured and view.tokens_per_s == pytest.approx(100, rel=0.05)
     view.observe(100, 2.0)  # 50 tok/s: the average moves toward it
