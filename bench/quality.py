@@ -1214,9 +1214,10 @@ vocabulary with `llama_cpp.Llama(vocab_only=True)`). Windows are cut in
 characters, `CHARS_PER_TOKEN = 3.8`: Python stdlib 4.17 characters per token
 (546,150 chars, 130,858 tokens, 40 modules), JavaScript from npm 3.84. What a
 window costs is counted by `estimate_tokens`, which splits text as Qwen2's
-pre-tokenizer does: over random windows of 0.8-2 kB it counts 1.12 times the
-real tokens at the median (5th-95th percentile 0.99-1.21), where characters /
-3.8 ranged from 0.49 (dense arithmetic) to 1.72.
+pre-tokenizer does: over 153 random windows of 0.8-2 kB (2026-12-07) it counts
+1.12 times the real tokens at the median (5th-95th percentile 1.02-1.23,
+extremes 0.56 for base64 in a bundled WebAssembly module and 1.34), where
+characters / 3.8 gave 1.08 (0.56-1.37, extremes 0.40-1.47).
 
 Method: see the docstring of `bench/quality.py`. Task kinds: `line` = one whole
 line is missing and the cursor sits at column 0 of its empty line (Python from

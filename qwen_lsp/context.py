@@ -62,11 +62,12 @@ CHARS_PER_TOKEN = 3.8
 # estimate_tokens splits text as Qwen2's pre-tokenizer does (each digit on its
 # own, a word with the space or sign before it, runs of punctuation, runs of
 # spaces); a word of more than LETTERS_PER_TOKEN letters counts one token per
-# LETTERS_PER_TOKEN. Against the real tokenizer (192 windows of 0.8-2 kB from
-# 60 stdlib modules and 40 npm files, 2026-12-07) it counts 1.12 times the real
-# tokens at the median, 0.99-1.21 from the 5th to the 95th percentile: dense
-# code (colorsys.py's arithmetic, 1.9 characters a token) no longer counts as
-# half its tokens, as characters / CHARS_PER_TOKEN did (0.49-1.72).
+# LETTERS_PER_TOKEN. Against the real tokenizer (`bench/quality.py --calibrate`:
+# 153 windows of 0.8-2 kB from 40 stdlib modules and 40 npm files, 2026-12-07)
+# it counts 1.12 times the real tokens at the median, 1.02-1.23 from the 5th to
+# the 95th percentile: dense code (colorsys.py's arithmetic, 1.9 characters a
+# token) no longer counts as half its tokens, as characters / CHARS_PER_TOKEN
+# did (0.56-1.37, extremes 0.40-1.47).
 LETTERS_PER_TOKEN = 7
 PROMPT_OVERHEAD_TOKENS = 8  # FIM markers, path line and the like
 KEY_BEFORE_CHARS = 1700  # the cache's key window plus what may be typed through
@@ -81,13 +82,26 @@ _PRE_TOKEN = re.compile(
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\w]?[^\W\d_]+|\d| ?[^\s\w]+|\s+(?!\S)|\s+")
 
 
+# A run of letters longer than this is no word but data (base64 in a bundled
+# WebAssembly module: 2.6 characters a token); letters outside ASCII (Cyrillic,
+# CJK, box drawing) are a token or so each.
+LONGEST_WORD = 24
+DATA_CHARS_PER_TOKEN = 2.5
+
+
+def _piece_tokens(piece: str) -> int:
+    if not piece[-1].isalpha():
+        return 1
+    if not piece.isascii():
+        return len(piece)
+    if len(piece) > LONGEST_WORD:
+        return math.ceil(len(piece) / DATA_CHARS_PER_TOKEN)
+    return 1 + (len(piece) - 1) // LETTERS_PER_TOKEN
+
+
 @lru_cache(maxsize=16384)
 def _line_tokens(line: str) -> int:
-    n = 0
-    for m in _PRE_TOKEN.finditer(line):
-        piece = m.group()
-        n += 1 + (len(piece) - 1) // LETTERS_PER_TOKEN if piece[-1].isalpha() else 1
-    return n
+    return sum(_piece_tokens(m.group()) for m in _PRE_TOKEN.finditer(line))
 
 
 def estimate_tokens(text: str) -> int:
