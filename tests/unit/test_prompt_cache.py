@@ -32,10 +32,10 @@ def test_common_prefix_len_matches_a_plain_scan(a: str, b: str) -> None:
 
 def test_cost_counts_what_the_kv_cache_already_holds() -> None:
     view = EngineView(1 << 30)
-    prompt = "x" * 3800
+    prompt = _lines("x", 1000)
     assert view.cost(prompt).new_tokens == estimate_tokens(prompt)  # nothing cached
     view.record(prompt, "out", completed=False, first_token_s=None)
-    again = view.cost(prompt + "y" * 38)
+    again = view.cost(prompt + _lines("y", 10))
     assert again.source == "kv"
     assert again.new_tokens <= 11  # only the 10 new tokens (and a seam token)
 
