@@ -350,3 +350,35 @@ def test_a_window_start_given_by_the_caller_is_kept_when_it_is_a_line_start_abov
                               language="python", version=1, context_tokens=256,
                               window_start=bad)
         assert other.prefix == natural.prefix
+
+
+# --------------------------------------------------------------------------- token estimate
+
+
+@pytest.mark.parametrize(("text", "tokens"), [
+    # Counted as Qwen2's tokenizer splits; the real counts (2026-12-07) are the
+    # same unless the comment says otherwise.
+    ("", 0),
+    ("x = 1", 4),  # "x", " =", " ", "1"
+    ("x = 1\n", 5),
+    ("    return self._reading\n", 6),  # "   ", " return", " self", "._", "reading", "\n"
+    ("h = 2.0*m1 + m2", 11),  # each digit on its own
+    # A long word is several tokens (real: 8, "_s" "omething")...
+    ("    value = compute_something(x)", 9),
+    # ... and a very long one data, not a word (real: 44, 2-character pieces).
+    ("blob = '" + "QUFBQkJC" * 8 + "'", 30),
+    # Letters outside ASCII are a token each.
+    ("s = 'АБВГД'", 9),
+])
+def test_the_token_estimate_follows_the_tokenizer(text: str, tokens: int) -> None:
+    assert estimate_tokens(text) == tokens
+
+
+def test_dense_code_is_not_counted_as_half_its_tokens() -> None:
+    """colorsys.py's arithmetic has about 1.9 characters a token: characters
+    / CHARS_PER_TOKEN counted about half of them, so its windows took twice
+    the time they were sized for."""
+    dense = ("    if l <= 0.5:\n        m2 = l * (1.0+s)\n    else:\n"
+             "        m2 = l+s-(l*s)\n    m1 = 2.0*l - m2\n"
+             "    return (_v(m1, m2, h+ONE_THIRD), _v(m1, m2, h), _v(m1, m2, h-ONE_THIRD))\n")
+    assert estimate_tokens(dense) > 1.7 * len(dense) / CHARS_PER_TOKEN
