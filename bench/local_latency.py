@@ -87,6 +87,27 @@ def real_file_locations() -> list[str]:
     return out
 
 
+def mid_line_locations(per_module: int = 4, seed: int = 1) -> list[str]:
+    """Positions inside the code of a line of the unmodified modules: a line of
+    code (not a comment) drawn at random, a column drawn inside its text."""
+    import random
+    import sysconfig
+
+    rng = random.Random(seed)
+    out = []
+    for name in REAL_MODULES:
+        path = Path(sysconfig.get_paths()["stdlib"]) / name
+        lines = path.read_text(encoding="utf-8").split("\n")
+        code = [i for i, line in enumerate(lines)
+                if len(line.strip()) > 2 and not line.strip().startswith("#")]
+        for i in rng.sample(code, per_module):
+            line = lines[i]
+            first = len(line) - len(line.lstrip())
+            col = rng.randrange(first + 1, len(line.rstrip()))  # 0-based, inside the text
+            out.append(f"{path}:{i + 1}:{col + 1}")
+    return out
+
+
 def writing_locations(workdir: Path) -> list[tuple[str, str]]:
     """(location, expected line) where a user is about to write a line.
 
@@ -158,6 +179,9 @@ def main() -> None:
     real_runs = [_cli_output(shared_cache, loc) for loc in real_file_locations()]
     real = [t for t, _ in real_runs]
     shown = sum(1 for _, out in real_runs if out.strip())
+    mid_runs = [_cli_output(shared_cache, loc) for loc in mid_line_locations()]
+    mid = [t for t, _ in mid_runs]
+    mid_shown = sum(1 for _, out in mid_runs if out.strip())
     places = writing_locations(Path(tempfile.mkdtemp(prefix="qwen-bench-writing-")))
     writing_runs = [(_cli_output(shared_cache, loc), want) for loc, want in places]
     writing = [t for (t, _), _ in writing_runs]
@@ -175,6 +199,10 @@ def main() -> None:
           f"a suggestion printed at {shown} of {len(real)} (the files are complete there: "
           "exit 1, nothing to add, is an honest answer)"), med(real), min(real), max(real),
          len(real)),
+        (("CLI `qwen-lsp complete` in the same modules inside the text of a line (a line "
+          "and a column in it drawn at random, four a module): the suggestion there may "
+          f"replace the rest of the line; a suggestion printed at {mid_shown} of {len(mid)}"),
+         med(mid), min(mid), max(mid), len(mid)),
         (("CLI `qwen-lsp complete` in the same modules with the next line taken out, at the "
           "end of the line before it and on the blank line opened in its place; a suggestion "
           f"printed at {w_shown} of {len(writing)}, the missing line exactly at {w_exact}"),

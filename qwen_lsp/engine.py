@@ -851,7 +851,12 @@ class Engine:
             return {} if word is None else dict.fromkeys(
                 (word.group(), " " + word.group()), -100.0)
         token = await _token_covering(provider, written, at)
-        return {} if token is None else {str(token): -100.0}
+        if token is None:
+            return {}
+        # The answer may have ended with a token that held the line break the
+        # engine's stop then took away (":" was ":\n"): that one as well.
+        joined = await _token_covering(provider, written + "\n", at)
+        return {str(t): -100.0 for t in (token, joined) if t is not None}
 
     async def _second_try(self, flight: _Flight, request: UpstreamRequest,
                           bias: dict[str, float], as_words: bool,

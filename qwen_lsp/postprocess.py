@@ -546,6 +546,21 @@ def strip_prefix_echo(text: str, ctx: PostContext) -> str:
     return text
 
 
+def drop_line_echo(text: str, ctx: PostContext) -> str:
+    """Remove the cursor line's start when the answer begins with it again.
+
+    In the middle of a word the model may write the whole line from its start
+    (``    i`` + ``    if l <= 0.5:``): read literally, that is the line's start
+    twice. The start must be repeated exactly, indentation and all, and be
+    indented or at least three characters long (``i`` + ``if x:`` could be meant).
+    """
+    start = ctx.line_prefix
+    code = start.strip()
+    if code and (start[:1].isspace() or len(code) >= 3) and text.startswith(start):
+        return text[len(start):]
+    return text
+
+
 def drop_doubled_space(text: str, ctx: PostContext) -> str:
     """Drop leading blanks of a completion when the cursor already follows a blank.
 
@@ -1377,6 +1392,7 @@ PIPELINE: tuple[Filter, ...] = (
     cut_special_tokens,
     drop_prose,
     strip_prefix_echo,  # only with echo_prefix=True
+    drop_line_echo,
     drop_doubled_space,
     fit_leading_newline,
     trim_single_line,

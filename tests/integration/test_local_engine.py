@@ -127,6 +127,35 @@ async def test_a_second_try_forbids_the_token_the_copy_parts_at(engine: LocalEng
         await provider.aclose()
 
 
+async def test_a_forbidden_answer_takes_the_token_its_stop_cut_off_with_it(
+        engine: LocalEngine) -> None:
+    """At ``try|:`` the model answered ``:`` (the code already there), written
+    as the token ":\n" whose line break the engine's stop took away: forbidding
+    the token of ":" alone left the model free to write the same again."""
+    from qwen_lsp.context import build_context
+    from qwen_lsp.engine import Engine, EngineConfig, _Flight, post_context
+    from qwen_lsp.providers.openai import OpenAICompatProvider
+
+    base_url, key = await engine.ensure_started()
+    provider = OpenAICompatProvider(base_url, key, "local", connect_timeout=5, read_timeout=60)
+
+    async def source() -> OpenAICompatProvider:
+        return provider
+
+    text = "def f(path):\n    try:\n        return open(path)\n    except OSError:\n        pass\n"
+    ctx = build_context(text, text.index("try") + 3, uri="file:///f.py", path="f.py",
+                        language="python", version=1, context_tokens=256, manual=True)
+    completions = Engine(EngineConfig(second_tries=True, next_line=True), source)
+    try:
+        bias = await completions._forbidden(provider, ":", _Flight(ctx, post_context(ctx)),
+                                            True, False)
+        pieces = {await provider._detokenize([int(t)]) for t in bias}
+        assert pieces == {":", ":\n"}, pieces
+    finally:
+        await completions.aclose()
+        await provider.aclose()
+
+
 async def test_the_token_that_covers_a_word_after_indentation_is_the_word(
         engine: LocalEngine) -> None:
     """Spaces glue to the word after them in Qwen's tokens ("   " + " while"):

@@ -1242,3 +1242,22 @@ def test_the_models_own_rest_of_the_line_replaces_it(prefix, suffix, language, r
         assert got == raw
     else:
         assert got == Suggestion(raw, replaced)
+
+
+# --------------------------------------------------------------------------- drop_line_echo
+
+
+@pytest.mark.parametrize(("prefix", "raw", "want"), [
+    # Seen with the local model (colorsys.py, mid-word): the whole line again.
+    ("def f(l):\n    i", "    if l <= 0.5:", "f l <= 0.5:"),
+    ("def f():\n    x = ", "    x = compute()", "compute()"),
+    ("value = comp", "value = compute()", "ute()"),
+    # Not the line's start exactly, or too short to tell: left alone.
+    ("def f(l):\n    i", "if l <= 0.5:", "if l <= 0.5:"),
+    ("i", "if x:", "if x:"),
+    ("def f():\n    ", "    pass", "    pass"),
+])
+def test_an_answer_that_starts_the_line_again_loses_the_repeat(prefix, raw, want) -> None:
+    from qwen_lsp.postprocess import drop_line_echo
+
+    assert drop_line_echo(raw, PostContext(prefix, "\n", "python")) == want
