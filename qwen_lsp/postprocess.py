@@ -552,11 +552,17 @@ def drop_line_echo(text: str, ctx: PostContext) -> str:
     In the middle of a word the model may write the whole line from its start
     (``    i`` + ``    if l <= 0.5:``): read literally, that is the line's start
     twice. The start must be repeated exactly, indentation and all, and be
-    indented or at least three characters long (``i`` + ``if x:`` could be meant).
+    indented or at least three characters long, or go on as the code right of
+    the cursor does (``c`` + ``class TextIO`` before ``lass TextIO``; ``i`` +
+    ``if y:`` before ``f x:`` could be meant).
     """
     start = ctx.line_prefix
     code = start.strip()
-    if code and (start[:1].isspace() or len(code) >= 3) and text.startswith(start):
+    if not code or not text.startswith(start):
+        return text
+    after = ctx.line_suffix[:3]
+    if (start[:1].isspace() or len(code) >= 3
+            or (len(after.strip()) == 3 and text[len(start):].startswith(after))):
         return text[len(start):]
     return text
 

@@ -1252,12 +1252,16 @@ def test_the_models_own_rest_of_the_line_replaces_it(prefix, suffix, language, r
     ("def f(l):\n    i", "    if l <= 0.5:", "f l <= 0.5:"),
     ("def f():\n    x = ", "    x = compute()", "compute()"),
     ("value = comp", "value = compute()", "ute()"),
+    # A short start, repeated and going on as the code after the cursor does.
+    ("c", "class TextIO(IO[str]):", "lass TextIO(IO[str]):"),
     # Not the line's start exactly, or too short to tell: left alone.
     ("def f(l):\n    i", "if l <= 0.5:", "if l <= 0.5:"),
     ("i", "if x:", "if x:"),
+    ("c", "cx = 1", "cx = 1"),
     ("def f():\n    ", "    pass", "    pass"),
 ])
 def test_an_answer_that_starts_the_line_again_loses_the_repeat(prefix, raw, want) -> None:
     from qwen_lsp.postprocess import drop_line_echo
 
-    assert drop_line_echo(raw, PostContext(prefix, "\n", "python")) == want
+    suffix = "lass TextIO(IO[str]):\n" if prefix == "c" else "\n"
+    assert drop_line_echo(raw, PostContext(prefix, suffix, "python")) == want
