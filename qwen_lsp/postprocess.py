@@ -579,7 +579,28 @@ def drop_doubled_space(text: str, ctx: PostContext) -> str:
         "", " ", "\t", "\n", "\r"
     ):
         return text[1:]
+    if text[:1] == " " and _WORD_START.match(text, 1) and _attribute_dot(ctx):
+        return text[1:]  # "{p." + " name}": no name follows a dot after a space
     return text
+
+
+_WORD_START = re.compile(r"[A-Za-z_]")
+# A name and a dot right before the cursor.
+_NAME_DOT = re.compile(r"(?:^|\W)[A-Za-z_]\w*\.$")
+
+
+def _attribute_dot(ctx: PostContext) -> bool:
+    """The cursor follows ``name.`` in code (or in an f-string's braces), where
+    the next thing is a name: not the end of a sentence in prose."""
+    if not _NAME_DOT.search(ctx.line_prefix):
+        return False
+    state = _prefix_info(ctx.prefix, ctx.language).state
+    if state.comment:
+        return False
+    if state.quote:  # only inside an f-string's or a template's braces
+        line = ctx.line_prefix
+        return line.rfind("{") > max(line.rfind("}"), line.rfind(state.quote))
+    return True
 
 
 # --------------------------------------------------------------------------- 3. newline / single line

@@ -75,6 +75,9 @@ log = logging.getLogger("qwen_lsp")
 TYPING_BURST_S = 1.0
 TRIGGER_CHARACTERS = [".", "(", "[", "{", ",", ":", "=", " ", "\n", "\t", ">", '"', "'"]
 _WORD_TAIL = re.compile(r"\w+$")
+# Characters a completion may type over to the right of the cursor (closers
+# and punctuation); anything else it replaces there is a rewrite of code.
+_CLOSING_RUN = ")]}>\"'`;:,. \t"
 # One pre-fill chunk: what a real request may have to wait for behind it.
 PREFILL_CHUNK_S = 0.3
 # A cursor this far past the end of a suggestion shown still counts as being
@@ -831,6 +834,13 @@ def create_server() -> QwenServer:
             return types.CompletionList(is_incomplete=True, items=[])
         doc, suggestion, offset, timing = found
         t = time.perf_counter()
+        replaced = doc.text[offset:offset + suggestion.replace_suffix_chars]
+        if replaced.strip(_CLOSING_RUN):
+            # A rewrite of the code right of the cursor. Neovim's omnifunc was
+            # seen to insert such an item without removing that code (the line
+            # then held both): the menu gets none; ghost text and the CLI do.
+            ls.finish(timing, t)
+            return types.CompletionList(is_incomplete=True, items=[])
         line_start = doc.text.rfind("\n", 0, offset) + 1
         line_prefix = doc.text[line_start:offset]
         m = _WORD_TAIL.search(line_prefix)

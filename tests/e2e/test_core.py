@@ -393,3 +393,27 @@ async def test_blank_line_inside_a_block_of_a_long_file(tmp_path) -> None:
     assert middle.endswith(lines[42] + "\n") and prefix.endswith("\n")
     assert 1 <= middle.count("\n") <= 16
     assert suffix.startswith("\n" + lines[44] + "\n")
+
+
+async def test_a_rewrite_of_the_rest_of_the_line_replaces_it_as_ghost_text_only(
+        tmp_path) -> None:
+    """Mid-line, the model's own version of the rest of the line replaces it: an
+    inline item whose range runs to the end of the line. The completion menu
+    gets no item for it (Neovim's omnifunc inserted such an item in front of the
+    code it was to replace)."""
+    doc = "def total(items):\n    return sum(item.price for item in items)\n"
+    rest = "item.price for item in items)"
+    with FakeUpstream(Reply(text="p.price for p in items)")) as fake:
+        client = await start_client(openai_env(tmp_path, fake.openai_base))
+        try:
+            open_doc(client, URI, doc)
+            at = doc.split("\n")[1].index(rest)
+            res = await inline(client, URI, 1, at)
+            assert res is not None and [i.insert_text for i in res.items] == [
+                "p.price for p in items)"]
+            assert res.items[0].range == types.Range(
+                start=types.Position(1, at), end=types.Position(1, at + len(rest)))
+            comp = await complete(client, URI, 1, at)
+            assert comp is not None and not comp.items
+        finally:
+            await stop_client(client)

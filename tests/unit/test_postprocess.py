@@ -1265,3 +1265,20 @@ def test_an_answer_that_starts_the_line_again_loses_the_repeat(prefix, raw, want
 
     suffix = "lass TextIO(IO[str]):\n" if prefix == "c" else "\n"
     assert drop_line_echo(raw, PostContext(prefix, suffix, "python")) == want
+
+
+@pytest.mark.parametrize(("prefix", "raw", "want"), [
+    # Seen in Neovim: a space after the dot of an attribute, in an f-string's braces.
+    ('    lines = [f"{p.', ' name}: {p.price:.2f}" for p in self.items]',
+     'name}: {p.price:.2f}" for p in self.items]'),
+    ("    total = self.", " items", "items"),
+    ("    x = os.path.", " join(a, b)", "join(a, b)"),
+    # Prose: the end of a sentence, in a comment or a string.
+    ("    # Checks the name.", " Then the price.", " Then the price."),
+    ('    msg = "Checks the name.', ' Then the price."', ' Then the price."'),
+    ('    msg = f"{total} is the name.', ' Then"', ' Then"'),
+    # A number, or a space that is not one of a pair.
+    ("    x = 1.", " 5", " 5"),
+])
+def test_no_space_after_the_dot_of_an_attribute(prefix, raw, want) -> None:
+    assert drop_doubled_space(raw, PostContext(prefix, "\n", "python")) == want
