@@ -1267,21 +1267,27 @@ def fit_the_rest_of_the_line(text: str, ctx: PostContext) -> str | Suggestion:
 
 def fits_as_rewrite(text: str, ctx: PostContext) -> bool:
     """``text`` (one line) can replace the rest of the cursor line: it leaves
-    the same brackets open and strings or comments open or closed as the code
-    it replaces did, and in Python a line that parsed on its own still does."""
+    strings and comments open or closed as the code it replaces did, and as
+    many brackets open at the end of the line, or fewer but not below none
+    (``return sum(round(`` typed in front of ``item.price for item in
+    items)``: the rewrite closes the new bracket too); in Python a line that
+    parsed on its own still does."""
     rest = ctx.line_suffix.rstrip()
     if "\n" in text:
         return False
     lang = ctx.language.lower()
     if lang not in _HASH_COMMENTS and lang not in _SLASH_COMMENTS:
         return True  # nothing known to check
-    start = _prefix_info(ctx.prefix, ctx.language).state
+    info = _prefix_info(ctx.prefix, ctx.language)
+    start = info.state
     if start.comment:
         return True  # prose: nothing to balance
     syntax = _syntax(ctx.language)
     kinds, end = _classify(text, syntax, start)
     rest_kinds, rest_end = _classify(rest, syntax, start)
-    return (end == rest_end and _bracket_depth(text, kinds) == _bracket_depth(rest, rest_kinds)
+    now = len(info.stack) + _bracket_depth(rest, rest_kinds)
+    after = len(info.stack) + _bracket_depth(text, kinds)
+    return (end == rest_end and (after == now or 0 <= after < now)
             and not _breaks_python_line(text, len(rest), ctx))
 
 

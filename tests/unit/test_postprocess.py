@@ -1229,6 +1229,11 @@ _TAR_DOC = ('class TarFile:\n    def add(self, tarinfo, fileobj=None):\n'
      "else:", None),
     ("def f(x):\n    ", "x.close()\n", "python", "await ", 0),
     ("def f(x):\n    ", "x.close()\n", "python", "x.flush()\n    ", 0),
+    # A bracket typed in front of the code: the rewrite may close it too.
+    ("def total(items):\n    return sum(round(", "item.price for item in items)\n", "python",
+     "item.price, 2) for item in items)", len("item.price for item in items)")),
+    ("def total(items):\n    return sum(", "item.price for item in items)\n", "python",
+     "item.price for item in items))", None),
     # A rewrite must open and close what the rest did; else it may be a piece.
     ("def f(self):\n    foo(self, ", "self.x)\n", "python", "self.y, ", 0),
     ("def f(self):\n    foo(self, ", "self.x)\n", "python", "self.x", None),
