@@ -1100,7 +1100,8 @@ def _closers_ok(head: str, piece: str, ctx: PostContext) -> bool:
     return True
 
 
-def _is_closing_run(s: str) -> bool:
+def is_closing_run(s: str) -> bool:
+    """``s`` is only closers, punctuation and blanks: what a completion may type over."""
     return bool(s) and all(c in _CLOSING_PUNCT or c.isspace() for c in s)
 
 
@@ -1116,7 +1117,7 @@ def merge_suffix_overlap(text: str, ctx: PostContext) -> Suggestion:
     if not rest or not text:
         return Suggestion(text)
     first, nl, _ = text.partition("\n")
-    if _is_closing_run(rest):
+    if is_closing_run(rest):
         # The first line types the closers, maybe followed by more punctuation (";").
         for k in range(len(rest), 0, -1):
             piece = rest[:k]
@@ -1146,7 +1147,7 @@ def merge_suffix_overlap(text: str, ctx: PostContext) -> Suggestion:
         piece = rest[:k]
         if not text.endswith(piece):
             continue
-        if _is_closing_run(piece):
+        if is_closing_run(piece):
             if _closers_ok(text[: len(text) - k], piece, ctx):
                 return Suggestion(text[: len(text) - k])
         elif k >= 3:
@@ -1160,13 +1161,6 @@ _WORD_CHAR = re.compile(r"\w")
 # _LINE_ENDS) is the model's own version of the rest of the line.
 REWRITE_HEAD, REWRITE_TAIL = 3, 6
 _LINE_ENDS = frozenset(":;{)],")
-
-
-def _common_tail(a: str, b: str) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
-        n += 1
-    return n
 
 
 def _bracket_depth(text: str, kinds: str) -> int:
@@ -1185,7 +1179,7 @@ def rewrites_rest_of_line(text: str, rest: str) -> bool:
     if "\n" in text or len(text.strip()) < REWRITE_HEAD or not rest:
         return False
     return (text[:REWRITE_HEAD] == rest[:REWRITE_HEAD]
-            or _common_tail(text, rest) >= REWRITE_TAIL
+            or _common_len(text[::-1], rest[::-1]) >= REWRITE_TAIL
             or (text[-1] == rest[-1] and text[-1] in _LINE_ENDS))
 
 
@@ -1241,7 +1235,7 @@ def fit_the_rest_of_the_line(text: str, ctx: PostContext) -> str | Suggestion:
     """
     rest = ctx.line_suffix.rstrip()
     lang = ctx.language.lower()
-    if (not rest.strip() or _is_closing_run(rest.strip())
+    if (not rest.strip() or is_closing_run(rest.strip())
             or (lang not in _HASH_COMMENTS and lang not in _SLASH_COMMENTS)):
         return text
     # Before the code of a line: a line of its own goes in front of it

@@ -75,9 +75,6 @@ log = logging.getLogger("qwen_lsp")
 TYPING_BURST_S = 1.0
 TRIGGER_CHARACTERS = [".", "(", "[", "{", ",", ":", "=", " ", "\n", "\t", ">", '"', "'"]
 _WORD_TAIL = re.compile(r"\w+$")
-# Characters a completion may type over to the right of the cursor (closers
-# and punctuation); anything else it replaces there is a rewrite of code.
-_CLOSING_RUN = ")]}>\"'`;:,. \t"
 # One pre-fill chunk: what a real request may have to wait for behind it.
 PREFILL_CHUNK_S = 0.3
 # A cursor this far past the end of a suggestion shown still counts as being
@@ -834,8 +831,10 @@ def create_server() -> QwenServer:
             return types.CompletionList(is_incomplete=True, items=[])
         doc, suggestion, offset, timing = found
         t = time.perf_counter()
+        from qwen_lsp.postprocess import is_closing_run
+
         replaced = doc.text[offset:offset + suggestion.replace_suffix_chars]
-        if replaced.strip(_CLOSING_RUN):
+        if replaced and not is_closing_run(replaced):
             # A rewrite of the code right of the cursor. Neovim's omnifunc was
             # seen to insert such an item without removing that code (the line
             # then held both): the menu gets none; ghost text and the CLI do.
